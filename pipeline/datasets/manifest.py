@@ -1,0 +1,131 @@
+"""The sample manifest: one Parquet row per image–expression pair (DESIGN.md section 3).
+
+Both dataset builders (RefCOCO family, synthetic) produce :class:`Sample` rows and write
+them with :func:`write_manifest`; every later stage reads them with :func:`read_manifest`.
+``image_path`` is relative to the manifest's image root, which is stored in the Parquet
+schema metadata relative to the manifest file's own folder, so a copied or moved working
+tree (``dvc exp run`` temp copies) still resolves its images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),  # {dataset}/{split}/{ref_id}/{sent_id}
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("image_id", pa.int64()),
+        ("image_path", pa.string()),  # relative to the manifest's image root
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("ref_id", pa.int64()),
+        ("ann_id", pa.int64()),
+        ("sent_id", pa.int64()),
+        ("expression", pa.string()),
+        ("mask", pa.string()),  # COCO RLE (compressed counts) as a JSON string
+        ("category", pa.string()),
+        ("expr_kind", pa.string()),  # synthetic only: attribute|spatial|ordinal|relation
+    ]
+)
+IMAGE_ROOT_KEY = b"l2l.image_root"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image–expression pair, in manifest column order."""
+
+    sample_id: str
+    dataset: str
+    split: str
+    image_id: int
+    image_path: str
+    height: int
+    width: int
+    ref_id: int
+    ann_id: int
+    sent_id: int
+    expression: str
+    mask: str
+    category: str
+    expr_kind: str | None = None
+
+
+assert [f.name for f in fields(Sample)] == SCHEMA.names, "Sample and SCHEMA drifted apart"
+
+
+def sample_id(dataset: str, split: str, ref_id: int, sent_id: int) -> str:
+    return f"{dataset}/{split}/{ref_id}/{sent_id}"
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """(H, W) bool/uint8 mask -> compressed COCO RLE as a JSON string."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return json.dumps({"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()})
+
+
+def decode_mask(rle_json: str) -> np.ndarray:
+    """Compressed COCO RLE JSON string -> (H, W) uint8 mask in {0, 1}."""
+    from pycocotools import mask as mask_utils
+
+    rle = json.loads(rle_json)
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+
+
+def write_manifest(samples: list[Sample], path: str | Path, image_root: str | Path) -> None:
+    """Write ``samples`` (sorted by sample_id for a byte-stable file) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted((asdict(s) for s in samples), key=lambda r: r["sample_id"])
+    root = os.path.relpath(Path(image_root).resolve(), path.parent.resolve())
+    schema = SCHEMA.with_metadata({IMAGE_ROOT_KEY: root.encode()})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def read_manifest(path: str | Path) -> pa.Table:
+    """Read the manifest table; a missing file says which stage makes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path} (run `l2l-priors prepare` first)")
+    return pq.read_table(path)
+
+
+def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
+    """The folder that the manifest at ``path``'s ``image_path`` column is relative to."""
+    path = Path(path)
+    meta = (table.schema if table is not None else pq.read_schema(path)).metadata or {}
+    if IMAGE_ROOT_KEY not in meta:
+        raise ValueError(f"{path}: not an L2L manifest (no {IMAGE_ROOT_KEY.decode()} metadata)")
+    return (path.parent / meta[IMAGE_ROOT_KEY].decode()).resolve()
+
+
+def rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Manifest rows as dicts (for small tables and tests; hot paths use columns)."""
+    return table.to_pylist()
+
+
+def load_rgb(path: str | Path):
+    """Open an image file as an RGB PIL image, fully decoded (greyscale, CMYK, palette and
+    RGBA inputs are converted). Raises ``OSError`` naming the file if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise OSError(f"unreadable image {path}: {err}") from err
