@@ -60,6 +60,16 @@ class Sample:
     expr_kind: str | None = None
 
 
+@dataclass
+class PreparedDataset:
+    """What a dataset builder returns: the pairs, the folder their ``image_path`` is relative
+    to, and the items it skipped as ``(item, reason)`` (logged and counted by the CLI)."""
+
+    samples: list[Sample]
+    image_root: Path
+    skipped: list[tuple[str, str]]
+
+
 assert [f.name for f in fields(Sample)] == SCHEMA.names, "Sample and SCHEMA drifted apart"
 
 
