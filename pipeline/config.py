@@ -64,10 +64,11 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``; return it (lists become tuples)."""
+def _coerce(value: Any, tp: Any, key: str, expected: str | None = None) -> Any:
+    """Check ``value`` against annotation ``tp``; return it (lists become tuples).
+    ``expected`` overrides the type's description in the error (to mention a range)."""
     origin = typing.get_origin(tp)
-    fail = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    fail = ConfigError(f"{key}: expected {expected or _type_name(tp)}, got {value!r}")
     if origin in (types.UnionType, typing.Union):
         for option in typing.get_args(tp):
             try:
@@ -124,16 +125,16 @@ def build_section(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     values = {}
     for name, value in raw.items():
         f, key = names[name], dotted(name)
-        value = _coerce(value, hints[name], key)
+        expected = _type_name(hints[name])
+        if "range" in f.metadata:
+            expected += " " + _describe_range(*f.metadata["range"])
+        value = _coerce(value, hints[name], key, expected)
         if "range" in f.metadata and value is not None:
             lo, hi, lo_open, hi_open = f.metadata["range"]
             too_low = lo is not None and (value <= lo if lo_open else value < lo)
             too_high = hi is not None and (value >= hi if hi_open else value > hi)
             if too_low or too_high:
-                raise ConfigError(
-                    f"{key}: expected {_type_name(hints[name])} "
-                    f"{_describe_range(lo, hi, lo_open, hi_open)}, got {value!r}"
-                )
+                raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         values[name] = value
     try:
         section = cls(**values)

@@ -1,0 +1,81 @@
+"""Image-level labelled/unlabelled partition of the train split (DESIGN.md section 3).
+
+The unit of the partition is the *image*: all pairs on one image share a role, so a labelled
+and an unlabelled expression never describe the same picture. The labelled images are a
+seeded sample of ``max(1, round(ratio * n_images))`` train images, so even 0.1 % of a small
+set labels one image. The output is sorted and written with fixed Parquet options, so the
+same seed and manifest give the same file byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import SplitConfig
+
+ROLES = ("labeled", "unlabeled")
+PARTITION_SCHEMA = pa.schema([("sample_id", pa.string()), ("role", pa.string())])
+
+
+@dataclass(frozen=True)
+class RoleCounts:
+    images: int
+    refs: int
+    pairs: int
+
+
+def labeled_images(image_ids: np.ndarray, cfg: SplitConfig) -> np.ndarray:
+    """The sorted image ids chosen as labelled from the unique ids in ``image_ids``."""
+    unique = np.unique(image_ids)
+    n_labeled = min(len(unique), max(1, round(cfg.labeled_ratio * len(unique))))
+    rng = np.random.default_rng(cfg.seed)
+    return np.sort(rng.choice(unique, size=n_labeled, replace=False))
+
+
+def partition(manifest: pa.Table, cfg: SplitConfig) -> pa.Table:
+    """Partition the manifest's ``train`` rows: a table (sample_id, role) sorted by sample_id."""
+    train = manifest.filter(pc.equal(manifest["split"], "train"))
+    if train.num_rows == 0:
+        raise ValueError("the manifest has no 'train' rows to partition")
+    image_ids = train["image_id"].to_numpy()
+    is_labeled = np.isin(image_ids, labeled_images(image_ids, cfg))
+    roles = np.where(is_labeled, ROLES[0], ROLES[1])
+    table = pa.table({"sample_id": train["sample_id"], "role": pa.array(roles)},
+                     schema=PARTITION_SCHEMA)
+    return table.sort_by("sample_id")
+
+
+def role_counts(manifest: pa.Table, part: pa.Table) -> dict[str, RoleCounts]:
+    """Images, refs and pairs per role."""
+    joined = manifest.select(["sample_id", "image_id", "ref_id"]).join(part, "sample_id")
+    counts = {}
+    for role in ROLES:
+        rows = joined.filter(pc.equal(joined["role"], role))
+        counts[role] = RoleCounts(
+            images=len(pc.unique(rows["image_id"])),
+            refs=len(pc.unique(rows["ref_id"])),
+            pairs=rows.num_rows,
+        )
+    return counts
+
+
+def write_partition(part: pa.Table, path: str | Path) -> None:
+    """Write atomically with settings that keep the bytes stable across runs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(part, tmp, compression="zstd", write_statistics=False)
+    tmp.replace(path)
+
+
+def read_partition(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"partition not found: {path} (run `l2l-priors split` first)")
+    return pq.read_table(path)
