@@ -41,8 +41,11 @@ ParamsOption = Annotated[
 
 
 def _load(params: Path) -> PipelineConfig:
-    logging.basicConfig(level=logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
     try:
         return load_pipeline_config(params)
     except ConfigError as err:
@@ -53,8 +56,13 @@ def _load(params: Path) -> PipelineConfig:
 @contextmanager
 def progress_bar(description: str, total: int | None):
     """A rich progress bar; yields a zero-argument ``advance`` callable."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield lambda: progress.advance(task)
@@ -101,12 +109,19 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     write_manifest(prepared.samples, cfg.paths.samples, prepared.image_root)
 
     per_split = Counter(s.split for s in prepared.samples)
-    images = {split: len({s.image_id for s in prepared.samples if s.split == split})
-              for split in per_split}
-    _print_table(f"{cfg.data.dataset} -> {cfg.paths.samples}", ["split", "images", "pairs"],
-                 [[split, images[split], n] for split, n in sorted(per_split.items())])
+    images = {
+        split: len({s.image_id for s in prepared.samples if s.split == split})
+        for split in per_split
+    }
+    _print_table(
+        f"{cfg.data.dataset} -> {cfg.paths.samples}",
+        ["split", "images", "pairs"],
+        [[split, images[split], n] for split, n in sorted(per_split.items())],
+    )
     if prepared.skipped:
-        console.print(f"[yellow]{len(prepared.skipped)} items skipped[/yellow] (reasons logged above)")
+        console.print(
+            f"[yellow]{len(prepared.skipped)} items skipped[/yellow] (reasons logged above)"
+        )
 
 
 @app.command()

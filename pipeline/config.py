@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -175,17 +176,58 @@ def config_hash(cfg: Any) -> str:
 class SyntheticConfig:
     """The embedded synthetic dataset (see ``pipeline.datasets.synthetic``)."""
 
-    seed: int = 0
+    seed: int = bounded(0, 0)  # non-negative: it seeds numpy SeedSequences
     image_size: int = bounded(128, 32, 2048)
     train_images: int = bounded(1000, 1)
     val_images: int = bounded(200, 1)
     test_images: int = bounded(200, 1)
     max_expressions: int = bounded(3, 1, 3)  # per target object
     dir: str = "data/raw/synthetic"  # where the generated images and scene tables go
+    min_objects: int = bounded(2, 2, 12)  # per scene
+    max_objects: int = bounded(6, 2, 12)
+    # Distinct shapes (and, separately, colours) one scene draws from: fewer kinds mean more
+    # look-alikes, which is what spatial, ordinal and relational expressions need.
+    max_kinds: int = bounded(3, 1, 6)
+    # Radius of the circle with the same area as the shape, as a fraction of image_size;
+    # every shape kind of one size class has the same area, so "small"/"large" compare
+    # across kinds.
+    small_radius: float = bounded(0.08, 0.01, 0.25)
+    large_radius: float = bounded(0.14, 0.01, 0.25)
+    size_jitter: float = bounded(0.08, 0.0, 0.3)  # relative radius jitter within a size class
+    min_visible: float = bounded(0.5, 0.0, 1.0, hi_open=True)  # area fraction left by occluders
+    # Spatial words need this gap (fraction of image_size) between the centres they compare,
+    # so a flip or a drifting teacher box cannot make them ambiguous.
+    spatial_margin: float = bounded(0.08, 0.0, 0.5)
+    target_fraction: float = bounded(0.8, 0.0, 1.0, lo_open=True)  # of describable objects
+    # Per-channel offset from the named colour; above ~20 orange can drift towards yellow.
+    shade_jitter: int = bounded(15, 0, 60)
+    background_amplitude: float = bounded(30.0, 0.0, 100.0)  # low-frequency texture, grey levels
+    pixel_noise: float = bounded(6.0, 0.0, 50.0)  # per-pixel Gaussian std, grey levels
+
+    def __post_init__(self) -> None:
+        if self.min_objects > self.max_objects:
+            raise ConfigError(
+                f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects})"
+            )
+        if self.small_radius >= self.large_radius:
+            raise ConfigError(
+                f"small_radius ({self.small_radius}) must be below large_radius ({self.large_radius})"
+            )
+
+
+# The refer releases: which refs(<split_by>).p files each dataset is published with.
+REFER_SPLITS_BY: dict[str, tuple[str, ...]] = {
+    "refcoco": ("unc", "google"),
+    "refcoco+": ("unc",),
+    "refcocog": ("umd", "google"),
+}
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Which dataset ``prepare`` reads: the embedded synthetic one or a refer-format release
+    (see ``pipeline.datasets.refcoco`` for the layout under ``root`` and ``images``)."""
+
     dataset: Literal["synthetic", "refcoco", "refcoco+", "refcocog"] = "synthetic"
     root: str = "data/raw/refer"  # refer layout: <root>/<dataset>/refs(<split_by>).p + instances.json
     images: str = "data/raw/images"  # COCO train2014 image folder (refer datasets)
@@ -195,6 +237,14 @@ class DataConfig:
     verify_images: bool = True
     workers: int = bounded(2, 1, 256)  # threads decoding images in prepare
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        published = REFER_SPLITS_BY.get(self.dataset)
+        if published is not None and self.split_by not in published:
+            raise ConfigError(
+                f"split_by {self.split_by!r} does not fit dataset {self.dataset!r} "
+                f"(published as refs({'|'.join(published)}).p)"
+            )
 
 
 @dataclass(frozen=True)
@@ -219,30 +269,97 @@ class PathsConfig:
         return Path(self.manifests) / "partition.parquet"
 
 
+# Where a teacher model runs: "auto" picks the current CUDA device when there is one (under
+# torchrun each worker has set its own), else the CPU.
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _check_device(device: str) -> None:
+    if not _DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"device: expected auto, cpu, mps, cuda or cuda:N, got {device!r}")
+
+
+def resolve_placement(device: str, dtype: str) -> tuple[str, str]:
+    """Resolve a teacher's ``device`` and ``dtype`` settings ("auto" allowed in both).
+
+    Returns:
+        (torch device string, torch dtype name): "auto" dtype is bfloat16 on CUDA, where the
+        teacher checkpoints are meant to run, and float32 elsewhere (CPU bf16 matmuls are slow
+        and lose precision for no memory gain that matters at CPU batch sizes).
+    """
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    return device, dtype
+
+
 @dataclass(frozen=True)
 class MLLMConfig:
-    """Qwen2.5-VL grounding (teacher ``qwen-sam2``)."""
+    """Qwen2.5-VL grounding (teacher ``qwen-sam2``), see ``pipeline.grounding.qwen``."""
 
     path: str | None = None  # local folder with the model and processor
+    # Formatted with ``expression=``; literal JSON braces are doubled.
     prompt: str = (
         "Locate the object described by \"{expression}\" in the image. "
         "Answer with its bounding box and one point on it in JSON: "
         '[{{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "{expression}"}}]'
     )
-    batch_size: int = bounded(16, 1)
+    batch_size: int = bounded(16, 1)  # pairs per generate call (left-padded)
     max_new_tokens: int = bounded(64, 1)
+    # Benchmarks set this so random-weight models answer at full length instead of stopping
+    # at the first end-of-turn token; 0 for real runs.
+    min_new_tokens: int = bounded(0, 0)
+    # Pixel budget of the processor's resize (null: the model folder's own setting). The
+    # answer's coordinates are in that resized frame; ``image_grid_thw`` says which it was.
+    min_pixels: int | None = bounded(None, 28 * 28)
+    max_pixels: int | None = bounded(None, 28 * 28)
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    device: str = "auto"  # auto | cpu | mps | cuda | cuda:N
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check_device(self.device)
+        if "{expression}" not in self.prompt:
+            raise ConfigError(f"prompt: expected a '{{expression}}' placeholder, got {self.prompt!r}")
+        try:
+            self.prompt.format(expression="")
+        except (IndexError, KeyError, ValueError) as err:
+            raise ConfigError(
+                f"prompt: not a format string with only {{expression}} ({err}); "
+                f"double literal braces as {{{{ }}}}"
+            ) from None
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens ({self.min_new_tokens}) must not exceed "
+                f"max_new_tokens ({self.max_new_tokens})"
+            )
+        if None not in (self.min_pixels, self.max_pixels) and self.min_pixels > self.max_pixels:
+            raise ConfigError(
+                f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})"
+            )
 
 
 @dataclass(frozen=True)
 class SAM2Config:
-    """SAM2 soft masks (teacher ``qwen-sam2``)."""
+    """SAM2 soft masks (teacher ``qwen-sam2``), see ``pipeline.segment.sam2``."""
 
-    config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
-    checkpoint: str | None = None
-    image_size: int = bounded(1024, 64)
-    multimask_output: bool = False
-    use_points: bool = False
+    config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"  # a config name inside the sam2 package
+    checkpoint: str | None = None  # local .pt file; required for real runs
+    # SAM2's square input side; its low-res logits are image_size / 4 on a side. Hiera tiles
+    # its window position embedding over the stride-4 grid, so it must divide by 32.
+    image_size: int = bounded(1024, 64, 4096)
+    multimask_output: bool = False  # True: three masks per prompt, keep the best-scoring one
+    use_points: bool = False  # also prompt with the MLLM's point_2d (box + point)
+    device: str = "auto"  # auto | cpu | mps | cuda | cuda:N
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # autocast dtype on CUDA
+
+    def __post_init__(self) -> None:
+        _check_device(self.device)
+        if self.image_size % 32:
+            raise ConfigError(f"image_size: expected a multiple of 32, got {self.image_size}")
 
 
 @dataclass(frozen=True)

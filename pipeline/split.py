@@ -46,8 +46,9 @@ def partition(manifest: pa.Table, cfg: SplitConfig) -> pa.Table:
     image_ids = train["image_id"].to_numpy()
     is_labeled = np.isin(image_ids, labeled_images(image_ids, cfg))
     roles = np.where(is_labeled, ROLES[0], ROLES[1])
-    table = pa.table({"sample_id": train["sample_id"], "role": pa.array(roles)},
-                     schema=PARTITION_SCHEMA)
+    table = pa.table(
+        {"sample_id": train["sample_id"], "role": pa.array(roles)}, schema=PARTITION_SCHEMA
+    )
     return table.sort_by("sample_id")
 
 

@@ -55,6 +55,8 @@ def render_sample(cfg: PipelineConfig, sample_id: str, out: str | Path) -> None:
     panels = [rgb, overlay_mask(rgb, gt, GT_COLOUR)]
     scale = max(1, 384 // max(rgb.shape[:2]))  # small synthetic images are hard to read at 1x
     panels = [p.repeat(scale, 0).repeat(scale, 1) for p in panels]
-    picture = caption_panel(panels, f'{row["sample_id"]}: "{row["expression"]}"  (green: ground truth)')
+    picture = caption_panel(
+        panels, f'{row["sample_id"]}: "{row["expression"]}"  (green: ground truth)'
+    )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)

@@ -14,8 +14,14 @@ def make_manifest(n_images: int, pairs_per_image: int = 3, n_val: int = 2) -> pa
         split = "train" if image_id < n_images else "val"
         for k in range(pairs_per_image):
             ref_id = image_id * 10 + k // 2  # two sentences on the first ref of each image
-            rows.append({"sample_id": f"d/{split}/{ref_id}/{image_id * 100 + k}",
-                         "split": split, "image_id": image_id, "ref_id": ref_id})
+            rows.append(
+                {
+                    "sample_id": f"d/{split}/{ref_id}/{image_id * 100 + k}",
+                    "split": split,
+                    "image_id": image_id,
+                    "ref_id": ref_id,
+                }
+            )
     return pa.Table.from_pylist(rows)
 
 
@@ -36,7 +42,11 @@ def test_partition_is_image_level_and_covers_train_only():
     labeled = [i for i, roles in by_image.items() if roles == {"labeled"}]
     assert len(labeled) == 20
     counts = role_counts(manifest, part)
-    assert (counts["labeled"].images, counts["labeled"].pairs, counts["labeled"].refs) == (20, 60, 40)
+    assert (counts["labeled"].images, counts["labeled"].pairs, counts["labeled"].refs) == (
+        20,
+        60,
+        40,
+    )
     assert counts["unlabeled"].images == 180
 
 
