@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pipeline.config import (
+    ConfigError,
     DataConfig,
     PathsConfig,
     PriorsConfig,
@@ -20,15 +21,39 @@ from pipeline.config import (
 
 @dataclass(frozen=True)
 class VisualConfig:
-    """Hierarchical visual encoder (transformers Swin)."""
+    """Hierarchical visual encoder (transformers Swin, four stages).
+
+    With ``path`` set, the architecture comes from that folder's ``config.json`` (e.g.
+    ImageNet-22k Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12) and the
+    structure fields below are ignored; ``drop_path_rate`` applies either way.
+    """
 
     path: str | None = None  # local folder with Swin weights; None builds from the fields below
-    embed_dim: int = bounded(32, 8)
+    embed_dim: int = bounded(32, 8)  # stage i has embed_dim * 2**i channels
     depths: tuple[int, ...] = (1, 1, 2, 1)
     num_heads: tuple[int, ...] = (1, 2, 4, 8)
     window_size: int = bounded(4, 1)
     patch_size: int = bounded(4, 1)
     drop_path_rate: float = bounded(0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise ConfigError(
+                f"depths and num_heads must list 4 stages, got {self.depths} and {self.num_heads}"
+            )
+        if min(self.depths) < 1 or min(self.num_heads) < 1:
+            raise ConfigError(
+                f"depths and num_heads must be >= 1, got {self.depths} and {self.num_heads}"
+            )
+        # The prior cross-attention adds a 2-D sine code, which needs channels in fours.
+        if self.embed_dim % 4:
+            raise ConfigError(f"embed_dim must be a multiple of 4, got {self.embed_dim}")
+        for stage, heads in enumerate(self.num_heads):
+            if (self.embed_dim * 2**stage) % heads:
+                raise ConfigError(
+                    f"stage {stage + 1} has {self.embed_dim * 2**stage} channels, "
+                    f"not divisible by num_heads[{stage}] = {heads}"
+                )
 
 
 @dataclass(frozen=True)
@@ -38,17 +63,33 @@ class TextConfig:
 
     path: str | None = None
     trainable: bool = False
-    max_tokens: int = bounded(20, 2, 512)
+    max_tokens: int = bounded(20, 2, 512)  # expressions are padded/truncated to this (LAVT: 20)
 
 
 @dataclass(frozen=True)
 class SESMConfig:
+    # False = the paper's "Baseline": the same encoder with semantic (pixel-word)
+    # conditioning only; the prior is ignored.
     enabled: bool = True
     # Stages (1-based) whose structural stream is cross-attention; the others use a
     # per-position linear projection (paper Table 5).
     cross_attention_stages: tuple[int, ...] = (3, 4)
+    # Modality weights (alpha_sem, alpha_str): predicted per token, equal, or one stream
+    # only (paper Table 4).
     gating: Literal["dynamic", "fixed", "semantic", "structural"] = "dynamic"
-    prior_dim: int = bounded(16, 1)  # channels of the embedded prior field
+    prior_dim: int = bounded(16, 4)  # channels of the embedded prior field
+
+    def __post_init__(self) -> None:
+        if not set(self.cross_attention_stages) <= {1, 2, 3, 4}:
+            raise ConfigError(
+                f"cross_attention_stages must be stages in 1..4, got {self.cross_attention_stages}"
+            )
+        if len(set(self.cross_attention_stages)) != len(self.cross_attention_stages):
+            raise ConfigError(
+                f"cross_attention_stages lists a stage twice: {self.cross_attention_stages}"
+            )
+        if self.prior_dim % 4:
+            raise ConfigError(f"prior_dim must be a multiple of 4, got {self.prior_dim}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +97,158 @@ class ModelConfig:
     visual: VisualConfig = field(default_factory=VisualConfig)
     text: TextConfig = field(default_factory=TextConfig)
     sesm: SESMConfig = field(default_factory=SESMConfig)
-    decoder_dim: int = bounded(64, 8)
+    decoder_dim: int = bounded(64, 8)  # FPN channels (LAVT: 512)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """SPM calibrated prior (DESIGN.md section 4, paper eq. 4-6): the pixel weight on the
+    teacher prior is ``clip(b0 + bA*A + bq*c(q) + bu*(1 - c(p_w)), w_min, w_max)``."""
+
+    b0: float = bounded(0.0, -1.0, 1.0)
+    bA: float = bounded(0.40, 0.0, 1.0)  # image agreement A (soft IoU of p_w and q)
+    bq: float = bounded(0.25, 0.0, 1.0)  # certainty of the prior c(q)
+    bu: float = bounded(0.20, 0.0, 1.0)  # uncertainty of the model 1 - c(p_w)
+    w_min: float = bounded(0.0, 0.0, 1.0)
+    w_max: float = bounded(1.0, 0.0, 1.0)
+    # Probabilities are clamped to [eps, 1 - eps] before the logit (|logit| <= 9.2 at 1e-4);
+    # eps also keeps the agreement's denominator positive when both maps are empty.
+    eps: float = bounded(1e-4, 0.0, 0.5, lo_open=True, hi_open=True)
+
+    def __post_init__(self) -> None:
+        if self.w_min > self.w_max:
+            raise ConfigError(f"w_min ({self.w_min}) must not exceed w_max ({self.w_max})")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """RPLE's DDPG pseudo-label agent (DESIGN.md section 4, paper eq. 7-14, appendix B.3).
+
+    The paper's numbers for the learning rates, discount, soft-update coefficient, noise and
+    reward weights were lost in its text extraction; these defaults are common DDPG choices.
+    """
+
+    hidden: int = bounded(64, 1)  # width of both hidden layers of actor and critic
+    # A critic faster than its actor (DDPG's 1e-3 / 1e-4): a critic still fitting the mean
+    # reward otherwise drags the actor along whatever direction the inputs' mean points to.
+    actor_lr: float = bounded(1e-4, 0.0, lo_open=True)
+    critic_lr: float = bounded(1e-3, 0.0, lo_open=True)
+    gamma: float = bounded(0.9, 0.0, 1.0, hi_open=True)  # 0 = a contextual bandit
+    # Target networks follow as target <- tau * online + (1 - tau) * target.
+    soft_update_tau: float = bounded(0.01, 0.0, 1.0, lo_open=True)
+    buffer_size: int = bounded(10_000, 1)
+    batch_size: int = bounded(64, 1)  # updates start once the buffer holds one batch
+    noise_std: float = bounded(0.05, 0.0)  # Gaussian exploration noise, in threshold units
+    # r = clip(lambda_sep*S_sep + lambda_cons*S_cons + lambda_cov*S_cov
+    #          - lambda_stab*|dtau|, -reward_clip, reward_clip)
+    lambda_sep: float = bounded(0.3, 0.0)
+    lambda_cons: float = bounded(0.4, 0.0)
+    lambda_cov: float = bounded(0.3, 0.0)
+    lambda_stab: float = bounded(0.2, 0.0)
+    reward_clip: float = bounded(1.0, 0.0, lo_open=True)
+    temperature: float = bounded(0.25, 0.0, lo_open=True)  # T in S_sep = sigmoid(dmu / T)
+    # Thresholds the agent starts from: the actor's output layer is initialised to emit them.
+    tau_fg_init: float = bounded(0.7, 0.0, 1.0)
+    tau_bg_init: float = bounded(0.3, 0.0, 1.0)
+    tau_fg_min: float = bounded(0.5, 0.0, 1.0)
+    tau_fg_max: float = bounded(0.95, 0.0, 1.0)
+    tau_bg_min: float = bounded(0.05, 0.0, 1.0)
+    tau_bg_max: float = bounded(0.5, 0.0, 1.0)
+    # Width in pixels (odd, 0 = none) of the ignored band centred on the foreground boundary.
+    ignore_band: int = bounded(3, 0)
+    seed: int = 0  # the agent's own generator: exploration noise and replay sampling
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (
+            ("tau_fg", self.tau_fg_min, self.tau_fg_max),
+            ("tau_bg", self.tau_bg_min, self.tau_bg_max),
+        ):
+            init = getattr(self, f"{name}_init")
+            if not lo < hi:
+                raise ConfigError(f"{name}_min ({lo}) must be < {name}_max ({hi})")
+            if not lo <= init <= hi:
+                raise ConfigError(f"{name}_init ({init}) must lie in [{lo}, {hi}]")
+        if self.tau_bg_max > self.tau_fg_min:
+            raise ConfigError(
+                f"tau_bg_max ({self.tau_bg_max}) must not exceed tau_fg_min "
+                f"({self.tau_fg_min}): every background threshold lies below every foreground one"
+            )
+        if self.ignore_band % 2 == 0 and self.ignore_band != 0:
+            raise ConfigError(
+                f"ignore_band must be 0 or odd (centred on the boundary), got {self.ignore_band}"
+            )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``L = L_sup + lambda_u * (L_ce + lambda_dice * L_dice)`` (paper eq. 22; its lambda
+    values were lost in the text extraction)."""
+
+    bg_weight: float = bounded(0.9, 0.0, lo_open=True)  # supervised CE class weights
+    fg_weight: float = bounded(1.1, 0.0, lo_open=True)
+    lambda_u: float = bounded(1.0, 0.0)
+    lambda_dice: float = bounded(0.5, 0.0)
+
+
+IntensityOp = Literal[
+    "identity",
+    "autocontrast",
+    "equalize",
+    "gaussian_blur",
+    "contrast",
+    "sharpness",
+    "color",
+    "brightness",
+    "posterize",
+]
+
+
+def _check_magnitude_range(
+    name: str, pair: tuple[float, ...], lo: float, hi: float | None = None
+) -> None:
+    """``pair`` must be ``[a, b]`` with ``lo <= a <= b`` (and ``b <= hi`` when given)."""
+    if len(pair) != 2 or not lo <= pair[0] <= pair[1] or (hi is not None and pair[1] > hi):
+        upper = f" <= {hi:g}" if hi is not None else ""
+        raise ConfigError(
+            f"{name}: expected [lo, hi] with {lo:g} <= lo <= hi{upper}, got {list(pair)}"
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Weak and strong views (paper appendix A.2, after RESMatch and FixMatch's RandAugment).
+
+    Magnitude ranges are ``[lo, hi]``, sampled uniformly per op application. Enhancement
+    factors follow PIL (1 = unchanged, 0 = grey / black / blurred), as in FixMatch's table 12.
+    """
+
+    flip_prob: float = bounded(0.5, 0.0, 1.0)  # weak view: horizontal flip (swaps left/right)
+    num_ops: int = bounded(2, 0, 16)  # strong image view: ops drawn from `ops`, with replacement
+    ops: tuple[IntensityOp, ...] = get_args(IntensityOp)
+    blur_sigma: tuple[float, ...] = (0.1, 2.0)  # Gaussian std, pixels
+    contrast: tuple[float, ...] = (0.05, 0.95)
+    sharpness: tuple[float, ...] = (0.05, 0.95)
+    color: tuple[float, ...] = (0.05, 0.95)  # colour balance = saturation
+    brightness: tuple[float, ...] = (0.05, 0.95)
+    posterize_bits: tuple[int, ...] = (4, 8)
+    # Strong text view (EDA): alpha is the fraction of words each edit touches and the
+    # deletion probability; `text_candidates` edited expressions join the original, those
+    # whose text-encoder cosine to the original falls below `text_min_cosine` are dropped
+    # and one survivor is sampled uniformly (not the most similar: that would remove the
+    # perturbation the strong view exists for).
+    text_alpha: float = bounded(0.1, 0.0, 1.0)
+    text_candidates: int = bounded(9, 0, 64)
+    text_min_cosine: float = bounded(0.8, -1.0, 1.0)
+    # auto: WordNet when nltk and its data are installed locally, else the built-in lexicon.
+    synonyms: Literal["auto", "wordnet", "lexicon"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.num_ops > 0 and not self.ops:
+            raise ConfigError(f"ops: empty, but num_ops is {self.num_ops}")
+        _check_magnitude_range("blur_sigma", self.blur_sigma, 0.01)
+        for name in ("contrast", "sharpness", "color", "brightness"):
+            _check_magnitude_range(name, getattr(self, name), 0.0)
+        _check_magnitude_range("posterize_bits", self.posterize_bits, 1, 8)
 
 
 @dataclass(frozen=True)
@@ -67,6 +259,14 @@ class TrainConfig:
     image_size: int = bounded(128, 32)
     epochs: int = bounded(20, 1)
     seed: int = 22
+    # Static pseudo-label thresholds where RPLE is off (fixmatch, fixed_fusion, l2l with
+    # rple: false); the open ends keep tau_bg < 0.5 < tau_fg.
+    tau_fg: float = bounded(0.7, 0.5, 1.0, lo_open=True)
+    tau_bg: float = bounded(0.3, 0.0, 0.5, hi_open=True)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.config import ConfigError, PipelineConfig, load_pipeline_config
 
@@ -53,19 +55,24 @@ def _load(params: Path) -> PipelineConfig:
         raise typer.Exit(2) from None
 
 
+class RateColumn(ProgressColumn):
+    """Items per second, in the task's own unit."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} {self.unit}/s" if task.speed else "")
+
+
 @contextmanager
-def progress_bar(description: str, total: int | None):
-    """A rich progress bar; yields a zero-argument ``advance`` callable."""
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
+def progress_bar(description: str, total: int | None = None, unit: str = "items"):
+    """A rich progress bar with rate and ETA; yields the Progress and its task id."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as progress:
+        yield progress, progress.add_task(description, total=total)
 
 
 def _print_table(title: str, header: list[str], rows: list[list]) -> None:
@@ -93,14 +100,14 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
 
         syn = cfg.data.synthetic
         total = syn.train_images + syn.val_images + syn.test_images
-        with progress_bar("generating scenes", total) as advance:
-            prepared = build_synthetic(syn, progress=advance)
+        with progress_bar("generating scenes", total, "images") as (bar, task):
+            prepared = build_synthetic(syn, progress=lambda: bar.advance(task))
     else:
         from pipeline.datasets.refcoco import build_refcoco
 
-        with progress_bar(f"reading {cfg.data.dataset}", None) as advance:
+        with progress_bar(f"checking {cfg.data.dataset} images", None, "images") as (bar, task):
             try:
-                prepared = build_refcoco(cfg.data, progress=advance)
+                prepared = build_refcoco(cfg.data, progress=lambda: bar.advance(task))
             except (FileNotFoundError, ValueError) as err:
                 console.print(f"[red]cannot read {cfg.data.dataset}:[/red] {err}")
                 raise typer.Exit(1) from None
@@ -159,3 +166,48 @@ def show(
         console.print(f"[red]{err.args[0]}[/red]")
         raise typer.Exit(1) from None
     console.print(f"wrote {out}")
+
+
+@app.command()
+def generate(
+    split: Annotated[str, typer.Option(
+        help="labeled / unlabeled (partition roles), train, or an eval split (val, test, testA, ...).")
+    ] = "unlabeled",
+    params: ParamsOption = Path("params.yaml"),
+    limit: Annotated[int | None, typer.Option(help="Consider only the first N pairs of the split.")] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Worker i of K as 'i/K' (default: torchrun's RANK/WORLD_SIZE, else 0/1). Each worker "
+             "takes the images whose hash falls in its shard and writes its own store part.")
+    ] = None,
+    verify: Annotated[bool, typer.Option(
+        help="Read the existing store first and recompute pairs whose rows are damaged.")] = True,
+) -> None:
+    """Run the teacher (priors.teacher) over a split's pairs into the prior store.
+
+    Resumable and incremental: pairs already in the store for this teacher config are skipped,
+    so a rerun after a crash or a new label ratio computes only what is missing.
+    """
+    from pipeline.generate import Shard
+    from pipeline.generate import generate as run_generate
+
+    cfg = _load(params)
+    try:
+        worker = Shard.parse(shard)
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    with progress_bar(f"priors {split} [{cfg.priors.teacher}]", None, "pairs") as (bar, task):
+        try:
+            summary = run_generate(
+                cfg, split, limit=limit, shard=worker, verify=verify,
+                on_total=lambda n: bar.update(task, total=n),
+                on_pairs=lambda k: bar.advance(task, k),
+            )
+        except (FileNotFoundError, ValueError) as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(1) from None
+    rows = [["pairs in shard", summary.pairs], ["already stored", summary.skipped],
+            ["computed", summary.computed]]
+    rows += [[f"  status {name}", n] for name, n in sorted(summary.status_counts.items())]
+    _print_table(f"generate --split {split} (shard {worker.index}/{worker.count}) -> "
+                 f"{cfg.paths.priors}", ["", "count"], rows)

@@ -164,8 +164,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(cfg: Any) -> str:
-    """Stable short hash of a config section's resolved values."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    """Stable short hash of a config section (or a plain dict of resolved values)."""
+    values = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    blob = json.dumps(values, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -303,7 +304,7 @@ class MLLMConfig:
     path: str | None = None  # local folder with the model and processor
     # Formatted with ``expression=``; literal JSON braces are doubled.
     prompt: str = (
-        "Locate the object described by \"{expression}\" in the image. "
+        'Locate the object described by "{expression}" in the image. '
         "Answer with its bounding box and one point on it in JSON: "
         '[{{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "{expression}"}}]'
     )
@@ -323,7 +324,9 @@ class MLLMConfig:
     def __post_init__(self) -> None:
         _check_device(self.device)
         if "{expression}" not in self.prompt:
-            raise ConfigError(f"prompt: expected a '{{expression}}' placeholder, got {self.prompt!r}")
+            raise ConfigError(
+                f"prompt: expected a '{{expression}}' placeholder, got {self.prompt!r}"
+            )
         try:
             self.prompt.format(expression="")
         except (IndexError, KeyError, ValueError) as err:
@@ -370,6 +373,21 @@ class SimulatedTeacherConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Layout of the Zarr prior store's parts."""
+
+    shard_rows: int = bounded(128, 1, 4096)  # rows per shard file (and per durable flush)
+    clevel: int = bounded(5, 0, 9)  # Blosc-zstd level
+
+
+@dataclass(frozen=True)
+class ImportedConfig:
+    """Priors made by another referring segmentor (``l2l-priors import-priors``)."""
+
+    name: str = "external"  # names the source (e.g. CARIS); part of the priors' keys
+
+
+@dataclass(frozen=True)
 class PriorsConfig:
     teacher: Literal["simulated", "qwen-sam2", "imported"] = "simulated"
     splits: tuple[str, ...] = ("unlabeled",)
@@ -377,6 +395,8 @@ class PriorsConfig:
     mllm: MLLMConfig = field(default_factory=MLLMConfig)
     sam2: SAM2Config = field(default_factory=SAM2Config)
     simulated: SimulatedTeacherConfig = field(default_factory=SimulatedTeacherConfig)
+    imported: ImportedConfig = field(default_factory=ImportedConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 # The trainer's top-level sections: validated by l2l_train.config, skipped by the pipeline.

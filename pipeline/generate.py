@@ -1,0 +1,214 @@
+"""``l2l-priors generate``: run the teacher over a split's pairs into the prior store.
+
+Resumable and incremental by construction: each pair's key is
+``sha256(image content hash, expression, teacher hash)``, and pairs whose key is already
+indexed for that sample are skipped, so a rerun after a crash, a new label ratio or new
+images computes only what is missing. Parallel without a scheduler: worker ``i`` of ``K``
+(``--shard i/K``, or ``RANK``/``WORLD_SIZE`` under ``torchrun``) takes the pairs whose image
+hash falls in its residue, so one image's expressions stay with one worker, and writes its
+own store part.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import PipelineConfig
+from pipeline.datasets.manifest import image_root, read_manifest
+from pipeline.split import read_partition
+from pipeline.store import (
+    PriorRows,
+    PriorStatus,
+    PriorStore,
+    PriorWriter,
+    image_content_hash,
+    prior_key,
+    writer_part,
+)
+from pipeline.teacher import Teacher, build_teacher, teacher_hash, teacher_identity
+
+log = logging.getLogger(__name__)
+
+ROLE_SPLITS = ("labeled", "unlabeled")
+CUES_SCHEMA = pa.schema([("key", pa.string()), ("sample_id", pa.string()),
+                         ("status", pa.int8()), ("box", pa.list_(pa.float32(), 4)),
+                         ("point", pa.list_(pa.float32(), 2)), ("raw_text", pa.string())])
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> Shard:
+        """``"i/K"``; None falls back to torchrun's ``RANK``/``WORLD_SIZE`` (or 0/1)."""
+        if text is None:
+            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        try:
+            index, count = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard: expected 'i/K' such as 0/2, got {text!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard: expected 0 <= i < K, got {text!r}")
+        return cls(index, count)
+
+    def owns(self, image_hashes: list[str]) -> np.ndarray:
+        """(n,) bool: which images this shard processes."""
+        return np.array([int(h[:15], 16) % self.count == self.index for h in image_hashes])
+
+
+@dataclass(frozen=True)
+class GenerateSummary:
+    split: str
+    pairs: int  # pairs of the split in this shard
+    skipped: int  # already in the store
+    computed: int
+    status_counts: dict[str, int]
+    part: int | None  # the store part written, None when nothing was computed
+
+
+def select_pairs(cfg: PipelineConfig, split: str) -> pa.Table:
+    """The manifest rows of ``split``: a partition role (labeled/unlabeled), or a dataset
+    split (train/val/test/testA/...)."""
+    manifest = read_manifest(cfg.paths.samples)
+    if split in ROLE_SPLITS:
+        part = read_partition(cfg.paths.partition)
+        ids = part.filter(pc.equal(part["role"], split))["sample_id"]
+        return manifest.filter(pc.is_in(manifest["sample_id"], ids))
+    rows = manifest.filter(pc.equal(manifest["split"], split))
+    if rows.num_rows == 0:
+        known = sorted(set(manifest["split"].to_pylist()) | set(ROLE_SPLITS))
+        raise ValueError(f"--split: no pairs in split {split!r}; expected one of {known}")
+    return rows
+
+
+def hash_images(paths: list[Path]) -> dict[Path, str]:
+    """Content hash of each distinct image file; unreadable files hash their path instead,
+    so their pairs still get a key (and an UNREADABLE_IMAGE row) rather than stopping the run."""
+    hashes = {}
+    for path in dict.fromkeys(paths):
+        try:
+            hashes[path] = image_content_hash(path)
+        except OSError:
+            hashes[path] = "unreadable:" + str(path)
+    return hashes
+
+
+def _rows_of(pairs: list[dict], keys: list[str], outputs, size: int) -> PriorRows:
+    empty = np.zeros((size, size), np.float32)
+    return PriorRows(
+        keys=keys,
+        sample_ids=[p["sample_id"] for p in pairs],
+        prob=np.stack([o.prob if o.prob is not None else empty for o in outputs]),
+        box=np.stack([o.box for o in outputs]),
+        point=np.stack([o.point for o in outputs]),
+        status=np.array([int(o.status) for o in outputs], np.int8),
+    )
+
+
+class CuesLog:
+    """Grounding cues and raw MLLM text, for inspection (``<store>/cues/part-NNNNN-SSSSS.parquet``,
+    readable together as one Parquet dataset). Rows are written in files of ``every`` pairs;
+    a crash loses at most the unwritten ones, which the rerun writes again."""
+
+    def __init__(self, folder: Path, part: int, every: int = 4096):
+        self.folder, self.part, self.every = folder, part, every
+        self.rows: list[dict] = []
+        self.sequence = len(list(folder.glob(f"part-{part:05d}-*.parquet"))) if folder.exists() else 0
+
+    def add(self, pairs: list[dict], keys: list[str], outputs) -> None:
+        self.rows += [{"key": k, "sample_id": p["sample_id"], "status": int(o.status),
+                       "box": o.box.tolist(), "point": o.point.tolist(), "raw_text": o.raw_text}
+                      for p, k, o in zip(pairs, keys, outputs, strict=True)]
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"part-{self.part:05d}-{self.sequence:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=CUES_SCHEMA), path)
+        self.rows, self.sequence = [], self.sequence + 1
+
+
+def image_batches(pairs: list[dict], max_pairs: int) -> list[list[dict]]:
+    """Consecutive pairs cut into batches of whole images of at most ~``max_pairs`` pairs
+    (one image's expressions are never split: SAM2 encodes each image once)."""
+    batches, current = [], []
+    for pair in pairs:
+        if current and len(current) >= max_pairs and pair["image_path"] != current[-1]["image_path"]:
+            batches.append(current)
+            current = []
+        current.append(pair)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def generate(
+    cfg: PipelineConfig,
+    split: str,
+    *,
+    limit: int | None = None,
+    shard: Shard = Shard(),
+    teacher: Teacher | None = None,
+    verify: bool = True,
+    on_total: Callable[[int], None] | None = None,
+    on_pairs: Callable[[int], None] | None = None,
+) -> GenerateSummary:
+    """Compute the missing priors of ``split`` for this shard into ``cfg.paths.priors``.
+
+    ``limit`` caps the pairs considered (the first ``limit`` of the shard, in image order).
+    ``verify`` reads the existing store first and recomputes pairs whose rows are damaged.
+    ``on_total(n)`` is told how many pairs will be computed, ``on_pairs(k)`` after each batch.
+    """
+    identity, t_hash = teacher_identity(cfg.priors), teacher_hash(cfg.priors)
+    table = select_pairs(cfg, split).sort_by([("image_id", "ascending"), ("sample_id", "ascending")])
+    root = image_root(cfg.paths.samples)
+    pairs = table.to_pylist()
+    image_hash = hash_images([root / p["image_path"] for p in pairs])
+    hashes = [image_hash[root / p["image_path"]] for p in pairs]
+    mine = np.flatnonzero(shard.owns(hashes))[:limit]
+    pairs = [pairs[i] for i in mine]
+    keys = [prior_key(hashes[i], pairs[j]["expression"], t_hash) for j, i in enumerate(mine)]
+
+    # Opening with this teacher's hash logs the parts of other teacher configs it ignores.
+    store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash, verify=verify)
+    done = store.has_pairs(keys, [p["sample_id"] for p in pairs]) if pairs else np.zeros(0, bool)
+    todo = np.flatnonzero(~done)
+    if on_total:
+        on_total(len(todo))
+    counts: dict[str, int] = {}
+    part = None
+    if len(todo):
+        teacher = teacher or build_teacher(cfg)
+        part = writer_part(cfg.paths.priors, shard.index, shard.count, size=cfg.priors.size,
+                           teacher_hash=t_hash)
+        key_of = {pairs[i]["sample_id"]: keys[i] for i in todo}
+        cues = CuesLog(Path(cfg.paths.priors) / "cues", part)
+        with PriorWriter(cfg.paths.priors, part, size=cfg.priors.size, teacher_config=identity,
+                         teacher_hash=t_hash, shard_rows=cfg.priors.store.shard_rows,
+                         clevel=cfg.priors.store.clevel) as writer:
+            for batch in image_batches([pairs[i] for i in todo], cfg.priors.mllm.batch_size):
+                outputs = teacher.predict(batch, root)
+                batch_keys = [key_of[p["sample_id"]] for p in batch]
+                writer.write(_rows_of(batch, batch_keys, outputs, cfg.priors.size))
+                cues.add(batch, batch_keys, outputs)
+                for o in outputs:
+                    name = PriorStatus(o.status).name.lower()
+                    counts[name] = counts.get(name, 0) + 1
+                if on_pairs:
+                    on_pairs(len(batch))
+        cues.flush()
+    return GenerateSummary(split, len(pairs), len(pairs) - len(todo), len(todo), counts, part)
