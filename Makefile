@@ -23,9 +23,9 @@ run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
-	$(BIN)/ruff check pipeline l2l_train tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline l2l_train tests benchmarks
-	$(BIN)/ruff format --check pipeline l2l_train tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
