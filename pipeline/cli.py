@@ -69,8 +69,14 @@ class RateColumn(ProgressColumn):
 @contextmanager
 def progress_bar(description: str, total: int | None = None, unit: str = "items"):
     """A rich progress bar with rate and ETA; yields the Progress and its task id."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console) as progress:
         yield progress, progress.add_task(description, total=total)
 
@@ -170,17 +176,29 @@ def show(
 
 @app.command()
 def generate(
-    split: Annotated[str, typer.Option(
-        help="labeled / unlabeled (partition roles), train, or an eval split (val, test, testA, ...).")
+    split: Annotated[
+        str,
+        typer.Option(
+            help="labeled / unlabeled (partition roles), train, or an eval split (val, test, testA, ...)."
+        ),
     ] = "unlabeled",
     params: ParamsOption = Path("params.yaml"),
-    limit: Annotated[int | None, typer.Option(help="Consider only the first N pairs of the split.")] = None,
-    shard: Annotated[str | None, typer.Option(
-        help="Worker i of K as 'i/K' (default: torchrun's RANK/WORLD_SIZE, else 0/1). Each worker "
-             "takes the images whose hash falls in its shard and writes its own store part.")
+    limit: Annotated[
+        int | None, typer.Option(help="Consider only the first N pairs of the split.")
     ] = None,
-    verify: Annotated[bool, typer.Option(
-        help="Read the existing store first and recompute pairs whose rows are damaged.")] = True,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker i of K as 'i/K' (default: torchrun's RANK/WORLD_SIZE, else 0/1). Each worker "
+            "takes the images whose hash falls in its shard and writes its own store part."
+        ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Read the existing store first and recompute pairs whose rows are damaged."
+        ),
+    ] = True,
 ) -> None:
     """Run the teacher (priors.teacher) over a split's pairs into the prior store.
 
@@ -199,15 +217,25 @@ def generate(
     with progress_bar(f"priors {split} [{cfg.priors.teacher}]", None, "pairs") as (bar, task):
         try:
             summary = run_generate(
-                cfg, split, limit=limit, shard=worker, verify=verify,
+                cfg,
+                split,
+                limit=limit,
+                shard=worker,
+                verify=verify,
                 on_total=lambda n: bar.update(task, total=n),
                 on_pairs=lambda k: bar.advance(task, k),
             )
         except (FileNotFoundError, ValueError) as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(1) from None
-    rows = [["pairs in shard", summary.pairs], ["already stored", summary.skipped],
-            ["computed", summary.computed]]
+    rows = [
+        ["pairs in shard", summary.pairs],
+        ["already stored", summary.skipped],
+        ["computed", summary.computed],
+    ]
     rows += [[f"  status {name}", n] for name, n in sorted(summary.status_counts.items())]
-    _print_table(f"generate --split {split} (shard {worker.index}/{worker.count}) -> "
-                 f"{cfg.paths.priors}", ["", "count"], rows)
+    _print_table(
+        f"generate --split {split} (shard {worker.index}/{worker.count}) -> {cfg.paths.priors}",
+        ["", "count"],
+        rows,
+    )

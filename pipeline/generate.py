@@ -39,9 +39,16 @@ from pipeline.teacher import Teacher, build_teacher, teacher_hash, teacher_ident
 log = logging.getLogger(__name__)
 
 ROLE_SPLITS = ("labeled", "unlabeled")
-CUES_SCHEMA = pa.schema([("key", pa.string()), ("sample_id", pa.string()),
-                         ("status", pa.int8()), ("box", pa.list_(pa.float32(), 4)),
-                         ("point", pa.list_(pa.float32(), 2)), ("raw_text", pa.string())])
+CUES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("sample_id", pa.string()),
+        ("status", pa.int8()),
+        ("box", pa.list_(pa.float32(), 4)),
+        ("point", pa.list_(pa.float32(), 2)),
+        ("raw_text", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -124,12 +131,22 @@ class CuesLog:
     def __init__(self, folder: Path, part: int, every: int = 4096):
         self.folder, self.part, self.every = folder, part, every
         self.rows: list[dict] = []
-        self.sequence = len(list(folder.glob(f"part-{part:05d}-*.parquet"))) if folder.exists() else 0
+        self.sequence = (
+            len(list(folder.glob(f"part-{part:05d}-*.parquet"))) if folder.exists() else 0
+        )
 
     def add(self, pairs: list[dict], keys: list[str], outputs) -> None:
-        self.rows += [{"key": k, "sample_id": p["sample_id"], "status": int(o.status),
-                       "box": o.box.tolist(), "point": o.point.tolist(), "raw_text": o.raw_text}
-                      for p, k, o in zip(pairs, keys, outputs, strict=True)]
+        self.rows += [
+            {
+                "key": k,
+                "sample_id": p["sample_id"],
+                "status": int(o.status),
+                "box": o.box.tolist(),
+                "point": o.point.tolist(),
+                "raw_text": o.raw_text,
+            }
+            for p, k, o in zip(pairs, keys, outputs, strict=True)
+        ]
         if len(self.rows) >= self.every:
             self.flush()
 
@@ -147,7 +164,11 @@ def image_batches(pairs: list[dict], max_pairs: int) -> list[list[dict]]:
     (one image's expressions are never split: SAM2 encodes each image once)."""
     batches, current = [], []
     for pair in pairs:
-        if current and len(current) >= max_pairs and pair["image_path"] != current[-1]["image_path"]:
+        if (
+            current
+            and len(current) >= max_pairs
+            and pair["image_path"] != current[-1]["image_path"]
+        ):
             batches.append(current)
             current = []
         current.append(pair)
@@ -174,7 +195,9 @@ def generate(
     ``on_total(n)`` is told how many pairs will be computed, ``on_pairs(k)`` after each batch.
     """
     identity, t_hash = teacher_identity(cfg.priors), teacher_hash(cfg.priors)
-    table = select_pairs(cfg, split).sort_by([("image_id", "ascending"), ("sample_id", "ascending")])
+    table = select_pairs(cfg, split).sort_by(
+        [("image_id", "ascending"), ("sample_id", "ascending")]
+    )
     root = image_root(cfg.paths.samples)
     pairs = table.to_pylist()
     image_hash = hash_images([root / p["image_path"] for p in pairs])
@@ -193,13 +216,20 @@ def generate(
     part = None
     if len(todo):
         teacher = teacher or build_teacher(cfg)
-        part = writer_part(cfg.paths.priors, shard.index, shard.count, size=cfg.priors.size,
-                           teacher_hash=t_hash)
+        part = writer_part(
+            cfg.paths.priors, shard.index, shard.count, size=cfg.priors.size, teacher_hash=t_hash
+        )
         key_of = {pairs[i]["sample_id"]: keys[i] for i in todo}
         cues = CuesLog(Path(cfg.paths.priors) / "cues", part)
-        with PriorWriter(cfg.paths.priors, part, size=cfg.priors.size, teacher_config=identity,
-                         teacher_hash=t_hash, shard_rows=cfg.priors.store.shard_rows,
-                         clevel=cfg.priors.store.clevel) as writer:
+        with PriorWriter(
+            cfg.paths.priors,
+            part,
+            size=cfg.priors.size,
+            teacher_config=identity,
+            teacher_hash=t_hash,
+            shard_rows=cfg.priors.store.shard_rows,
+            clevel=cfg.priors.store.clevel,
+        ) as writer:
             for batch in image_batches([pairs[i] for i in todo], cfg.priors.mllm.batch_size):
                 outputs = teacher.predict(batch, root)
                 batch_keys = [key_of[p["sample_id"]] for p in batch]
