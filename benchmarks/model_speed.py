@@ -1,0 +1,138 @@
+"""Segmentor speed and size: forward+backward time of the embedded default on this CPU, and
+trainable parameter counts of the Baseline and +SESM at embedded and paper size.
+
+    .venv/bin/python benchmarks/model_speed.py [--batch 8] [--size 128] [--steps 20] [--warmup 10]
+
+Prints a table and writes ``benchmarks/results/model_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from l2l_train.config import ModelConfig
+from l2l_train.model import Segmentor, build_segmentor, build_tokenizer, count_parameters
+from l2l_train.model.segmentor import paper_size_config
+
+RESULT = Path(__file__).resolve().parent / "results" / "model_speed.json"
+PAPER = {"sesm_trainable": 237e6, "sesm_over_baseline": 9.353e6}
+
+
+def time_train_step(
+    model: Segmentor, batch: int, size: int, steps: int, warmup: int
+) -> list[float]:
+    """Seconds per forward+backward of ``batch`` images at ``size``², each with a prior and
+    an expression, after ``warmup`` untimed steps."""
+    tokenize = build_tokenizer(ModelConfig().text)
+    input_ids, attention_mask = tokenize(["the second small red circle left of the square"] * batch)
+    images = torch.randn(batch, 3, size, size)
+    prior = torch.rand(batch, 1, size, size)
+    model.train()
+    seconds = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        model(images, input_ids, attention_mask, prior).mean().backward()
+        elapsed = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        if step >= warmup:
+            seconds.append(elapsed)
+    return seconds
+
+
+def paper_size_counts() -> dict[str, int]:
+    """Trainable parameters of the paper-size Baseline and +SESM, built on the meta device
+    (BERT-base from its default config; no weights needed)."""
+    from transformers import BertConfig
+
+    counts = {}
+    with tempfile.TemporaryDirectory() as folder:
+        BertConfig().save_pretrained(folder)
+        for name, sesm in (("baseline", False), ("sesm", True)):
+            with torch.device("meta"):
+                model = build_segmentor(paper_size_config(folder, sesm=sesm), load_weights=False)
+            counts[name] = count_parameters(model)
+    return counts
+
+
+def run(batch: int, size: int, steps: int, warmup: int) -> dict:
+    """The whole benchmark; returns the JSON-ready result."""
+    torch.manual_seed(0)
+    embedded = {}
+    timings = {}
+    for name, enabled in (("baseline", False), ("sesm", True)):
+        cfg = ModelConfig()
+        model = build_segmentor(replace(cfg, sesm=replace(cfg.sesm, enabled=enabled)))
+        embedded[name] = {
+            "trainable": count_parameters(model),
+            "total": count_parameters(model, trainable_only=False),
+        }
+        seconds = time_train_step(model, batch, size, steps, warmup)
+        timings[name] = {
+            "median_s": statistics.median(seconds),
+            "mean_s": statistics.fmean(seconds),
+            "min_s": min(seconds),
+            "max_s": max(seconds),
+        }
+    paper = paper_size_counts()
+    return {
+        "benchmark": "model_speed",
+        "task": f"forward+backward, batch {batch} at {size}x{size}, embedded default, CPU",
+        "steps": steps,
+        "warmup_steps": warmup,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "timings": timings,
+        "params_embedded": embedded,
+        "params_paper_size": {
+            **paper,
+            "sesm_over_baseline": paper["sesm"] - paper["baseline"],
+            "paper_reported": PAPER,
+        },
+    }
+
+
+def print_table(result: dict) -> None:
+    print(result["task"], f"(torch {result['torch']}, {result['threads']} threads)")
+    print(f"{'model':<10}{'median s':>10}{'min s':>9}{'trainable':>12}{'paper-size':>14}")
+    for name in ("baseline", "sesm"):
+        timing = result["timings"][name]
+        print(
+            f"{name:<10}{timing['median_s']:>10.3f}{timing['min_s']:>9.3f}"
+            f"{result['params_embedded'][name]['trainable']:>12,}"
+            f"{result['params_paper_size'][name]:>14,}"
+        )
+    delta = result["params_paper_size"]["sesm_over_baseline"]
+    print(f"paper size: +SESM over Baseline {delta / 1e6:.3f} M (paper: +9.353 M; total 237 M)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    # The first ~10 CPU steps run several times slower (oneDNN primitive creation, allocator
+    # growth); the figure of interest is the steady state of a training run.
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args()
+    result = run(args.batch, args.size, args.steps, args.warmup)
+    print_table(result)
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(RESULT)
+
+
+if __name__ == "__main__":
+    main()

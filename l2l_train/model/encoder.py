@@ -1,0 +1,131 @@
+"""Hierarchical visual encoder: transformers' Swin, driven one stage at a time.
+
+LAVT conditions each stage on the expression *after the stage's blocks and before its patch
+merging*, so the next stage already sees conditioned features. ``SwinModel.forward`` runs the
+whole hierarchy in one call, so :class:`SwinStages` takes its patch embedding and its stage
+modules (transformers' code and weights, unchanged) and calls blocks, a conditioning step and
+the patch merging in that order itself.
+
+Frames: an input image (B, 3, H, W) becomes a token grid (h_1, w_1) = ceil((H, W) / patch);
+stage i (0-based) works on the grid halved i times (rounded up), with ``embed_dim * 2**i``
+channels. Tokens are (B, h*w, C) in row-major grid order; maps are (B, C, h, w).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from l2l_train.config import VisualConfig
+from l2l_train.model.pretrained import from_pretrained_strict, local_model_folder
+
+# A Swin checkpoint from an ImageNet classifier carries its head; the encoder has no use for it.
+_UNUSED_SWIN_KEYS = ("classifier.",)
+
+# condition(stage index, tokens (B, h*w, C), grid (h, w)) -> tokens (B, h*w, C)
+StageCondition = Callable[[int, torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Shapes: tokens (B, h*w, C) in row-major grid order. Returns: map (B, C, h, w)."""
+    batch, _, channels = tokens.shape
+    return tokens.transpose(1, 2).reshape(batch, channels, *grid)
+
+
+def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """Shapes: feature_map (B, C, h, w). Returns: tokens (B, h*w, C), row-major."""
+    return feature_map.flatten(2).transpose(1, 2)
+
+
+def halve_grid(grid: tuple[int, int]) -> tuple[int, int]:
+    """The grid after Swin's patch merging, which pads odd sides by one."""
+    return (grid[0] + 1) // 2, (grid[1] + 1) // 2
+
+
+class SwinStages(nn.Module):
+    """Swin's patch embedding and stages, run stage by stage with a conditioning step.
+
+    Attributes: ``dims`` channels per stage, ``num_heads`` attention heads per stage (both from
+    the Swin config, so a loaded checkpoint defines them), ``out_norms`` one LayerNorm per
+    stage output (LAVT normalises every stage it hands to the decoder; Swin only has one for
+    its last stage, which is not used here).
+    """
+
+    def __init__(self, swin: Any) -> None:
+        super().__init__()
+        config = swin.config
+        self.embeddings = swin.embeddings
+        self.stages = swin.encoder.layers
+        self.dims = tuple(int(config.embed_dim * 2**i) for i in range(len(config.depths)))
+        self.num_heads = tuple(config.num_heads)
+        self.out_norms = nn.ModuleList(nn.LayerNorm(dim) for dim in self.dims)
+
+    def forward(self, images: torch.Tensor, condition: StageCondition) -> list[torch.Tensor]:
+        """Shapes: images (B, 3, H, W), ImageNet-normalised.
+
+        Returns: one normalised map per stage, (B, C_i, h_i, w_i), each taken after
+        ``condition`` and before the patch merging that feeds the next stage.
+        """
+        # Interpolation only matters for Swin variants with absolute position embeddings
+        # (Swin-B has none); it lets them take any input size.
+        tokens, grid = self.embeddings(images, interpolate_pos_encoding=True)
+        maps = []
+        for index, stage in enumerate(self.stages):
+            for block in stage.blocks:
+                # always_partition pads the grid to whole windows, as LAVT's Swin does; without
+                # it transformers shrinks the window on small grids and keeps it shrunk.
+                tokens = block(tokens, grid, always_partition=True)[0]
+            tokens = condition(index, tokens, grid)
+            maps.append(tokens_to_map(self.out_norms[index](tokens), grid))
+            if stage.downsample is not None:
+                tokens = stage.downsample(tokens, grid)
+                grid = halve_grid(grid)
+        return maps
+
+
+def swin_config_from_params(cfg: VisualConfig) -> Any:
+    """The transformers ``SwinConfig`` described by the ``model.visual`` params."""
+    from transformers import SwinConfig
+
+    return SwinConfig(
+        embed_dim=cfg.embed_dim,
+        depths=list(cfg.depths),
+        num_heads=list(cfg.num_heads),
+        window_size=cfg.window_size,
+        patch_size=cfg.patch_size,
+        drop_path_rate=cfg.drop_path_rate,
+    )
+
+
+def build_visual_encoder(cfg: VisualConfig, *, load_weights: bool = True) -> SwinStages:
+    """Swin from ``cfg.path`` (weights loaded strictly unless ``load_weights`` is false, e.g.
+    before restoring a whole-model checkpoint) or, with no path, from the params."""
+    from transformers import SwinConfig, SwinModel
+
+    if cfg.path is None:
+        return SwinStages(SwinModel(swin_config_from_params(cfg), add_pooling_layer=False))
+    folder = local_model_folder(cfg.path, "model.visual.path")
+    config = SwinConfig.from_pretrained(folder, local_files_only=True)
+    check_swin_layout(config, cfg.path)
+    if not load_weights:
+        config.drop_path_rate = cfg.drop_path_rate
+        return SwinStages(SwinModel(config, add_pooling_layer=False))
+    swin = from_pretrained_strict(
+        SwinModel,
+        folder,
+        _UNUSED_SWIN_KEYS,
+        add_pooling_layer=False,
+        drop_path_rate=cfg.drop_path_rate,
+    )
+    return SwinStages(swin)
+
+
+def check_swin_layout(config: Any, source: str) -> None:
+    """Raise unless the Swin has the 4-stage layout the conditioning and decoder expect."""
+    if len(config.depths) != 4:
+        raise ValueError(f"{source}: expected a 4-stage Swin, got depths {list(config.depths)}")
+    if config.embed_dim % 4:
+        raise ValueError(f"{source}: expected embed_dim a multiple of 4, got {config.embed_dim}")

