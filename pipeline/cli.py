@@ -7,7 +7,6 @@ module, so everything a command does can also be called from Python and tests.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -98,7 +97,7 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     refcoco / refcoco+ / refcocog: reads the refer-format pickle, instances.json and COCO images;
     unreadable images, empty expressions and empty masks are skipped, each logged with its reason.
     """
-    from pipeline.datasets.manifest import write_manifest
+    from pipeline.datasets.manifest import split_counts, write_manifest, write_prepare_report
 
     cfg = _load(params)
     if cfg.data.dataset == "synthetic":
@@ -120,16 +119,11 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     for item, reason in prepared.skipped:
         log.warning("skipped %s: %s", item, reason)
     write_manifest(prepared.samples, cfg.paths.samples, prepared.image_root)
-
-    per_split = Counter(s.split for s in prepared.samples)
-    images = {
-        split: len({s.image_id for s in prepared.samples if s.split == split})
-        for split in per_split
-    }
+    write_prepare_report(prepared, cfg.data.dataset, Path(cfg.paths.prepared) / "report.json")
     _print_table(
         f"{cfg.data.dataset} -> {cfg.paths.samples}",
         ["split", "images", "pairs"],
-        [[split, images[split], n] for split, n in sorted(per_split.items())],
+        [[split, c["images"], c["pairs"]] for split, c in split_counts(prepared.samples).items()],
     )
     if prepared.skipped:
         console.print(

@@ -183,7 +183,7 @@ class SyntheticConfig:
     val_images: int = bounded(200, 1)
     test_images: int = bounded(200, 1)
     max_expressions: int = bounded(3, 1, 3)  # per target object
-    dir: str = "data/raw/synthetic"  # where the generated images and scene tables go
+    dir: str = "data/prepared/synthetic"  # generated images and scene table (under paths.prepared)
     min_objects: int = bounded(2, 2, 12)  # per scene
     max_objects: int = bounded(6, 2, 12)
     # Distinct shapes (and, separately, colours) one scene draws from: fewer kinds mean more
@@ -256,6 +256,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
+    prepared: str = "data/prepared"  # what prepare derives from the raw data (report, synthetic set)
     manifests: str = "data/manifests"
     priors: str = "data/priors"
     models: str = "data/models"

@@ -1,5 +1,6 @@
 """`l2l-priors prepare / split / show` end to end on a small synthetic config and the refer fixture."""
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,7 +19,8 @@ def write_params(tmp_path: Path, data: dict) -> Path:
         "data": data,
         "split": {"labeled_ratio": 0.2, "seed": 22},
         "paths": {
-            name: str(tmp_path / name) for name in ("manifests", "priors", "models", "metrics")
+            name: str(tmp_path / name)
+            for name in ("prepared", "manifests", "priors", "models", "metrics")
         },
     }
     path = tmp_path / "params.yaml"
@@ -75,6 +77,9 @@ def test_prepare_refcoco_fixture_reports_skips(tmp_path):
     assert "skipped" in result.output
     samples = pq.read_table(tmp_path / "manifests" / "samples.parquet")
     assert samples.num_rows == sum(fx["rows_per_split"].values())
+    report = json.loads((tmp_path / "prepared" / "report.json").read_text())
+    assert report["pairs"] == fx["rows_per_split"]
+    assert len(report["skipped"]) == result.output.count("skipped ")
 
 
 def test_bad_params_and_unknown_sample_exit_nonzero(synthetic_params, tmp_path):

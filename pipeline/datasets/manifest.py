@@ -139,3 +139,30 @@ def load_rgb(path: str | Path):
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:
         raise OSError(f"unreadable image {path}: {err}") from err
+
+
+def split_counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
+    """Per split: number of pairs and of distinct images."""
+    counts: dict[str, dict[str, Any]] = {}
+    for s in samples:
+        entry = counts.setdefault(s.split, {"pairs": 0, "images": set()})
+        entry["pairs"] += 1
+        entry["images"].add(s.image_id)
+    return {split: {"pairs": c["pairs"], "images": len(c["images"])}
+            for split, c in sorted(counts.items())}
+
+
+def write_prepare_report(prepared: PreparedDataset, dataset: str, path: str | Path) -> None:
+    """Provenance of a prepared dataset: source, pairs and images per split, and every
+    skipped item with its reason (the DVC ``prepare`` stage's record of what it read)."""
+    counts = split_counts(prepared.samples)
+    report = {
+        "dataset": dataset,
+        "image_root": str(prepared.image_root),
+        "pairs": {split: c["pairs"] for split, c in counts.items()},
+        "images": {split: c["images"] for split, c in counts.items()},
+        "skipped": [{"item": item, "reason": reason} for item, reason in prepared.skipped],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
