@@ -79,7 +79,8 @@ def test_prepare_refcoco_fixture_reports_skips(tmp_path):
     assert samples.num_rows == sum(fx["rows_per_split"].values())
     report = json.loads((tmp_path / "prepared" / "report.json").read_text())
     assert report["pairs"] == fx["rows_per_split"]
-    assert len(report["skipped"]) == result.output.count("skipped ")
+    assert f"{len(report['skipped'])} items skipped" in result.output
+    assert all(entry["reason"] for entry in report["skipped"])
 
 
 def test_bad_params_and_unknown_sample_exit_nonzero(synthetic_params, tmp_path):
