@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.config import SplitConfig
+from pipeline.tables import read_table, write_table_atomic
 
 ROLES = ("labeled", "unlabeled")
 PARTITION_SCHEMA = pa.schema([("sample_id", pa.string()), ("role", pa.string())])
@@ -67,16 +67,8 @@ def role_counts(manifest: pa.Table, part: pa.Table) -> dict[str, RoleCounts]:
 
 
 def write_partition(part: pa.Table, path: str | Path) -> None:
-    """Write atomically with settings that keep the bytes stable across runs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(part, tmp, compression="zstd", write_statistics=False)
-    tmp.replace(path)
+    write_table_atomic(part, path, compression="zstd")
 
 
 def read_partition(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"partition not found: {path} (run `l2l-priors split` first)")
-    return pq.read_table(path)
+    return read_table(path, "partition", "l2l-priors split")

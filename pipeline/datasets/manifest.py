@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.tables import read_table, write_table_atomic
+
 SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),  # {dataset}/{split}/{ref_id}/{sent_id}
@@ -96,22 +98,14 @@ def decode_mask(rle_json: str) -> np.ndarray:
 def write_manifest(samples: list[Sample], path: str | Path, image_root: str | Path) -> None:
     """Write ``samples`` (sorted by sample_id for a byte-stable file) atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = sorted((asdict(s) for s in samples), key=lambda r: r["sample_id"])
     root = os.path.relpath(Path(image_root).resolve(), path.parent.resolve())
     schema = SCHEMA.with_metadata({IMAGE_ROOT_KEY: root.encode()})
-    table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_table_atomic(pa.Table.from_pylist(rows, schema=schema), path)
 
 
 def read_manifest(path: str | Path) -> pa.Table:
-    """Read the manifest table; a missing file says which stage makes it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path} (run `l2l-priors prepare` first)")
-    return pq.read_table(path)
+    return read_table(path, "manifest", "l2l-priors prepare")
 
 
 def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
