@@ -156,7 +156,10 @@ def show(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("sample.png"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Draw a pair: the image, its expression and the ground-truth mask outline."""
+    """Draw a pair: the image, its expression, the ground-truth mask and its stored prior.
+
+    The prior panel (heat map and grounding box) appears when the store holds a prior of
+    priors.teacher for the pair."""
     from pipeline.visualize import render_sample
 
     cfg = _load(params)
@@ -171,11 +174,12 @@ def show(
 @app.command()
 def generate(
     split: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="labeled / unlabeled (partition roles), train, or an eval split (val, test, testA, ...)."
+            help="labeled / unlabeled (partition roles), train, or an eval split (val, test, "
+            "testA, ...). Default: every split in priors.splits."
         ),
-    ] = "unlabeled",
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
     limit: Annotated[
         int | None, typer.Option(help="Consider only the first N pairs of the split.")
@@ -208,28 +212,133 @@ def generate(
     except ValueError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
-    with progress_bar(f"priors {split} [{cfg.priors.teacher}]", None, "pairs") as (bar, task):
+    for name in [split] if split else cfg.priors.splits:
+        with progress_bar(f"priors {name} [{cfg.priors.teacher}]", None, "pairs") as (bar, task):
+            try:
+                summary = run_generate(
+                    cfg,
+                    name,
+                    limit=limit,
+                    shard=worker,
+                    verify=verify,
+                    on_total=lambda n: bar.update(task, total=n),
+                    on_pairs=lambda k: bar.advance(task, k),
+                )
+            except (FileNotFoundError, ValueError) as err:
+                console.print(f"[red]{err}[/red]")
+                raise typer.Exit(1) from None
+        rows = [
+            ["pairs in shard", summary.pairs],
+            ["already stored", summary.skipped],
+            ["computed", summary.computed],
+        ]
+        rows += [[f"  status {status}", n] for status, n in sorted(summary.status_counts.items())]
+        _print_table(
+            f"generate --split {name} (shard {worker.index}/{worker.count}) -> {cfg.paths.priors}",
+            ["", "count"],
+            rows,
+        )
+
+
+@app.command()
+def report(
+    split: Annotated[
+        str, typer.Option(help="labeled / unlabeled, train, or an eval split (val, test, ...).")
+    ] = "unlabeled",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Prior quality of priors.teacher on a split's pairs with ground truth.
+
+    Each stored prior is resized from the square-stretched frame to the image, thresholded at
+    0.5 and compared with the ground-truth mask: mean IoU, oIoU, precision@t, an IoU
+    histogram, status counts and bytes per pair on disk. Pairs whose status is not ok count
+    IoU 0; pairs with no stored prior are counted as missing and left out. Writes
+    <paths.metrics>/priors/<split>.json, <split>_iou_hist.csv and <split>_iou_hist.png.
+    """
+    from pipeline.report import prior_quality, write_report
+
+    cfg = _load(params)
+    try:
+        result = prior_quality(cfg, split)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    paths = write_report(result, cfg.paths.metrics)
+    rows = [
+        ["pairs with ground truth", result["pairs"]],
+        ["evaluated (stored)", result["evaluated"]],
+        ["mean IoU", f"{result['mean_iou']:.4f}"],
+        ["oIoU", f"{result['oiou']:.4f}"],
+    ]
+    rows += [[f"  precision@{t}", f"{p:.4f}"] for t, p in result["precision"].items()]
+    rows += [[f"  status {name}", n] for name, n in sorted(result["status_counts"].items())]
+    rows += [["bytes per pair on disk", f"{result['bytes_per_pair']:,.0f}"]]
+    _print_table(
+        f"priors of {cfg.priors.teacher} on {split} (status != ok counts IoU 0)",
+        ["", "value"],
+        rows,
+    )
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("import-priors")
+def import_priors(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of probability maps, one per pair: DIR/<sample_id with '/' as '__'>.png "
+            "(flat, e.g. refcoco__val__12__34.png) or DIR/<sample_id>.png (nested, e.g. "
+            "refcoco/val/12/34.png); .npy instead of .png also works."
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option(help="labeled / unlabeled, train, or an eval split (val, test, ...).")
+    ] = "unlabeled",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Import probability maps made by another referring segmentor (e.g. CARIS, CGFormer).
+
+    Each map covers the whole image in its original frame at any resolution (it is stretched
+    to the store's priors.size square). PNG: 8-bit greyscale, 0-255 (RGB only if grey).
+    NPY: 2-D uint8 0-255 or float in [0, 1]. They are stored as teacher 'imported' named
+    priors.imported.name, whatever priors.teacher says; train on them with
+    priors.teacher: imported. Unreadable or NaN maps get status unreadable_import; pairs
+    without a file are listed and not written. Resumable: pairs already stored are skipped.
+    """
+    from pipeline.importer import import_priors as run_import
+
+    cfg = _load(params)
+    with progress_bar(f"importing {split} from {directory}", None, "pairs") as (bar, task):
         try:
-            summary = run_generate(
+            summary = run_import(
                 cfg,
+                directory,
                 split,
-                limit=limit,
-                shard=worker,
-                verify=verify,
                 on_total=lambda n: bar.update(task, total=n),
                 on_pairs=lambda k: bar.advance(task, k),
             )
         except (FileNotFoundError, ValueError) as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(1) from None
-    rows = [
-        ["pairs in shard", summary.pairs],
-        ["already stored", summary.skipped],
-        ["computed", summary.computed],
-    ]
-    rows += [[f"  status {name}", n] for name, n in sorted(summary.status_counts.items())]
     _print_table(
-        f"generate --split {split} (shard {worker.index}/{worker.count}) -> {cfg.paths.priors}",
+        f"import-priors --split {split} -> {cfg.paths.priors} "
+        f"(imported/{cfg.priors.imported.name}, {summary.teacher_hash})",
         ["", "count"],
-        rows,
+        [
+            ["pairs", summary.pairs],
+            ["already stored", summary.skipped],
+            ["imported", summary.imported],
+            ["unreadable (stored as unreadable_import)", len(summary.unreadable)],
+            ["without a file (not stored)", len(summary.missing)],
+        ],
     )
+    for sample_id, reason in summary.unreadable[:5]:
+        console.print(f"[yellow]unreadable[/yellow] {sample_id}: {reason}")
+    if summary.missing:
+        more = f" and {len(summary.missing) - 5} more" if len(summary.missing) > 5 else ""
+        console.print(f"[yellow]no map file for[/yellow] {', '.join(summary.missing[:5])}{more}")
+    if cfg.priors.teacher != "imported":
+        console.print(
+            f"to train on these priors set priors.teacher: imported in {params} "
+            f"(it is {cfg.priors.teacher!r})"
+        )

@@ -99,16 +99,22 @@ def select_pairs(cfg: PipelineConfig, split: str) -> pa.Table:
     return rows
 
 
-def hash_images(paths: list[Path]) -> dict[Path, str]:
-    """Content hash of each distinct image file; unreadable files hash their path instead,
-    so their pairs still get a key (and an UNREADABLE_IMAGE row) rather than stopping the run."""
-    hashes = {}
-    for path in dict.fromkeys(paths):
+def pair_image_hashes(pairs: list[dict], root: Path) -> list[str]:
+    """Content hash of each pair's image (each file read once). An unreadable file hashes
+    its path instead, so its pairs still get a key (and an UNREADABLE_IMAGE row) rather than
+    stopping the run."""
+    hashes: dict[str, str] = {}
+    for path in dict.fromkeys(p["image_path"] for p in pairs):
         try:
-            hashes[path] = image_content_hash(path)
+            hashes[path] = image_content_hash(root / path)
         except OSError:
-            hashes[path] = "unreadable:" + str(path)
-    return hashes
+            hashes[path] = "unreadable:" + path
+    return [hashes[p["image_path"]] for p in pairs]
+
+
+def pair_keys(pairs: list[dict], image_hashes: list[str], t_hash: str) -> list[str]:
+    """Store key of each manifest row under the teacher hash ``t_hash``."""
+    return [prior_key(h, p["expression"], t_hash) for h, p in zip(image_hashes, pairs, strict=True)]
 
 
 def _rows_of(pairs: list[dict], keys: list[str], outputs, size: int) -> PriorRows:
@@ -200,11 +206,10 @@ def generate(
     )
     root = image_root(cfg.paths.samples)
     pairs = table.to_pylist()
-    image_hash = hash_images([root / p["image_path"] for p in pairs])
-    hashes = [image_hash[root / p["image_path"]] for p in pairs]
+    hashes = pair_image_hashes(pairs, root)
     mine = np.flatnonzero(shard.owns(hashes))[:limit]
     pairs = [pairs[i] for i in mine]
-    keys = [prior_key(hashes[i], pairs[j]["expression"], t_hash) for j, i in enumerate(mine)]
+    keys = pair_keys(pairs, [hashes[i] for i in mine], t_hash)
 
     # Opening with this teacher's hash logs the parts of other teacher configs it ignores.
     store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash, verify=verify)

@@ -118,7 +118,7 @@ class QwenSam2Teacher:
         )
 
         outputs: list[TeacherOutput | None] = [None] * len(pairs)
-        for i, pair in enumerate(pairs):
+        for i in range(len(pairs)):
             if i not in groundings:
                 outputs[i] = TeacherOutput(None, NO_BOX, NO_POINT, PriorStatus.UNREADABLE_IMAGE)
             elif groundings[i].status != PriorStatus.OK:

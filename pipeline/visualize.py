@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ import pyarrow.compute as pc
 
 from pipeline.config import PipelineConfig
 from pipeline.datasets.manifest import decode_mask, image_root, load_rgb, read_manifest
+from pipeline.store import PriorStatus
 
 GT_COLOUR = np.array([0, 200, 0], dtype=np.float32)
+BOX_COLOUR = (0, 200, 255)  # the grounding box, drawn over the prior's heat map
 
 
 def overlay_mask(rgb: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float = 0.45):
@@ -49,14 +52,73 @@ def load_pair(cfg: PipelineConfig, sample_id: str) -> tuple[dict, np.ndarray, np
     return row, rgb, decode_mask(row["mask"])
 
 
+@dataclass(frozen=True)
+class StoredPrior:
+    """A pair's prior as the store holds it."""
+
+    prob: np.ndarray  # (S, S) float32, square-stretched frame
+    status: PriorStatus
+    box: np.ndarray  # (4,) XYXY original pixels, NaN when the teacher found none
+
+
+def find_prior(cfg: PipelineConfig, row: dict) -> StoredPrior | None:
+    """The prior of manifest ``row`` by the configured teacher, None if the store lacks it."""
+    from pipeline.generate import pair_image_hashes, pair_keys
+    from pipeline.store import PriorStore
+    from pipeline.teacher import teacher_hash
+
+    t_hash = teacher_hash(cfg.priors)
+    store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash)
+    key = pair_keys([row], pair_image_hashes([row], image_root(cfg.paths.samples)), t_hash)[0]
+    if key not in store:
+        return None
+    prob, status = store.get([key])
+    box, _ = store.read_cues([key])
+    return StoredPrior(prob[0], PriorStatus(int(status[0])), box[0])
+
+
+def heat_overlay(rgb: np.ndarray, prob: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """Tint (H, W, 3) uint8 ``rgb`` by an (H, W) probability map on a red (low) to yellow
+    (high) ramp, more opaque where the probability is higher -> (H, W, 3) uint8."""
+    p = np.clip(prob, 0.0, 1.0)[..., None]
+    colour = np.concatenate([np.full_like(p, 255.0), 255.0 * p, np.zeros_like(p)], axis=-1)
+    out = (1 - alpha * p) * rgb.astype(np.float32) + alpha * p * colour
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def draw_box(panel: np.ndarray, box_xyxy: np.ndarray, colour=BOX_COLOUR) -> np.ndarray:
+    """(H, W, 3) uint8 with the XYXY box (in this panel's pixels) outlined; a NaN box
+    leaves the panel as it is."""
+    from PIL import Image, ImageDraw
+
+    if not np.isfinite(box_xyxy).all():
+        return panel
+    picture = Image.fromarray(panel)
+    width = max(1, max(panel.shape[:2]) // 192)
+    ImageDraw.Draw(picture).rectangle([float(v) for v in box_xyxy], outline=colour, width=width)
+    return np.asarray(picture)
+
+
 def render_sample(cfg: PipelineConfig, sample_id: str, out: str | Path) -> None:
-    """Write a PNG of the pair with its expression and ground-truth mask overlaid."""
+    """Write a PNG of the pair with its expression and ground-truth mask overlaid, plus, when
+    the store holds a prior of the configured teacher for it, the prior's heat map (resized
+    from the square-stretched frame to the image) with the grounding box."""
+    from pipeline.report import resize_prob
+
     row, rgb, gt = load_pair(cfg, sample_id)
     panels = [rgb, overlay_mask(rgb, gt, GT_COLOUR)]
+    caption = f'{row["sample_id"]}: "{row["expression"]}"  (green: ground truth'
+    prior = find_prior(cfg, row)
+    if prior is not None:
+        panels.append(heat_overlay(rgb, resize_prob(prior.prob, rgb.shape[:2])))
+        caption += (
+            f"; heat: prior of {cfg.priors.teacher}, status {prior.status.name.lower()}"
+            "; cyan box: grounding"
+        )
     scale = max(1, 384 // max(rgb.shape[:2]))  # small synthetic images are hard to read at 1x
     panels = [p.repeat(scale, 0).repeat(scale, 1) for p in panels]
-    picture = caption_panel(
-        panels, f'{row["sample_id"]}: "{row["expression"]}"  (green: ground truth)'
-    )
+    if prior is not None:
+        panels[-1] = draw_box(panels[-1], prior.box * scale)
+    picture = caption_panel(panels, caption + ")")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)
