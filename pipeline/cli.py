@@ -243,8 +243,12 @@ def generate(
 @app.command()
 def report(
     split: Annotated[
-        str, typer.Option(help="labeled / unlabeled, train, or an eval split (val, test, ...).")
-    ] = "unlabeled",
+        str | None,
+        typer.Option(
+            help="labeled / unlabeled, train, or an eval split (val, test, ...). "
+            "Default: every split in priors.splits."
+        ),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Prior quality of priors.teacher on a split's pairs with ground truth.
@@ -258,27 +262,28 @@ def report(
     from pipeline.report import prior_quality, write_report
 
     cfg = _load(params)
-    try:
-        result = prior_quality(cfg, split)
-    except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from None
-    paths = write_report(result, cfg.paths.metrics)
-    rows = [
-        ["pairs with ground truth", result["pairs"]],
-        ["evaluated (stored)", result["evaluated"]],
-        ["mean IoU", f"{result['mean_iou']:.4f}"],
-        ["oIoU", f"{result['oiou']:.4f}"],
-    ]
-    rows += [[f"  precision@{t}", f"{p:.4f}"] for t, p in result["precision"].items()]
-    rows += [[f"  status {name}", n] for name, n in sorted(result["status_counts"].items())]
-    rows += [["bytes per pair on disk", f"{result['bytes_per_pair']:,.0f}"]]
-    _print_table(
-        f"priors of {cfg.priors.teacher} on {split} (status != ok counts IoU 0)",
-        ["", "value"],
-        rows,
-    )
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    for name in [split] if split else cfg.priors.splits:
+        try:
+            result = prior_quality(cfg, name)
+        except (FileNotFoundError, ValueError) as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(1) from None
+        paths = write_report(result, cfg.paths.metrics)
+        rows = [
+            ["pairs with ground truth", result["pairs"]],
+            ["evaluated (stored)", result["evaluated"]],
+            ["mean IoU", f"{result['mean_iou']:.4f}"],
+            ["oIoU", f"{result['oiou']:.4f}"],
+        ]
+        rows += [[f"  precision@{t}", f"{p:.4f}"] for t, p in result["precision"].items()]
+        rows += [[f"  status {status}", n] for status, n in sorted(result["status_counts"].items())]
+        rows += [["bytes per pair on disk", f"{result['bytes_per_pair']:,.0f}"]]
+        _print_table(
+            f"priors of {cfg.priors.teacher} on {name} (status != ok counts IoU 0)",
+            ["", "value"],
+            rows,
+        )
+        console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 @app.command("import-priors")
