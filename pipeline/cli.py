@@ -347,3 +347,7 @@ def import_priors(
             f"to train on these priors set priors.teacher: imported in {params} "
             f"(it is {cfg.priors.teacher!r})"
         )
+
+
+if __name__ == "__main__":  # torchrun -m pipeline.cli generate ...
+    app()
