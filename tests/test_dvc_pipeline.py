@@ -1,0 +1,108 @@
+"""`dvc repro` on a temp copy of the repo with the smoke profile: each stage reruns only when
+its own code, data or params change, and the store computes only missing priors."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def sh(*args: str, cwd: Path) -> str:
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "HOME": str(cwd),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def repro(cwd: Path) -> list[str]:
+    """Run `dvc repro`; the stages it ran."""
+    return re.findall(r"Running stage '([^']+)'", sh(str(BIN / "dvc"), "repro", cwd=cwd))
+
+
+def set_param(cwd: Path, dotted: str, value) -> None:
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    node = params
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stored_pairs(cwd: Path) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in (cwd / "data/priors").glob("*.index.parquet"))
+
+
+def unlabeled_pairs(cwd: Path) -> set[str]:
+    part = pq.read_table(cwd / "data/manifests/partition.parquet").to_pylist()
+    return {row["sample_id"] for row in part if row["role"] == "unlabeled"}
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """The repo's tracked and untracked-but-not-ignored files in a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tmp_path / name)
+    for stale in ("dvc.lock",):
+        (tmp_path / stale).unlink(missing_ok=True)
+    params = merge(
+        yaml.safe_load((REPO / "params.yaml").read_text()),
+        yaml.safe_load((REPO / "profiles/smoke.yaml").read_text()),
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "init", "-q", cwd=tmp_path)
+    sh("git", "add", "-A", cwd=tmp_path)
+    sh("git", "commit", "-qm", "workspace", cwd=tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_stages_rerun_only_on_their_own_inputs(workspace):
+    assert repro(workspace) == ["prepare", "split", "priors"]
+    assert repro(workspace) == []
+    before = unlabeled_pairs(workspace)
+    assert stored_pairs(workspace) == len(before)
+
+    # Fewer labels: more unlabelled pairs; the store computes only those not yet stored.
+    set_param(workspace, "split.labeled_ratio", 0.1)
+    assert repro(workspace) == ["split", "priors"]
+    after = unlabeled_pairs(workspace)
+    assert len(after - before) > 0
+    assert stored_pairs(workspace) == len(before) + len(after - before)  # no pair twice
+
+    # A new teacher config: new keys for every unlabelled pair, beside the old ones.
+    set_param(workspace, "priors.simulated.seed", 1)
+    assert repro(workspace) == ["priors"]
+    assert stored_pairs(workspace) == len(before | after) + len(after)
