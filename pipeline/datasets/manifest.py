@@ -114,7 +114,8 @@ def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
     meta = (table.schema if table is not None else pq.read_schema(path)).metadata or {}
     if IMAGE_ROOT_KEY not in meta:
         raise ValueError(f"{path}: not an L2L manifest (no {IMAGE_ROOT_KEY.decode()} metadata)")
-    return (path.parent / meta[IMAGE_ROOT_KEY].decode()).resolve()
+    # Relative to the real file, so a symlinked manifest (one per experiment) still resolves.
+    return (path.resolve().parent / meta[IMAGE_ROOT_KEY].decode()).resolve()
 
 
 def rows(table: pa.Table) -> list[dict[str, Any]]:
