@@ -10,10 +10,7 @@ from typing import Literal, get_args
 
 from pipeline.config import (
     ConfigError,
-    DataConfig,
-    PathsConfig,
-    PriorsConfig,
-    SplitConfig,
+    PipelineConfig,
     bounded,
     load_config,
 )
@@ -257,8 +254,8 @@ class TrainConfig:
     spm: bool = True
     rple: bool = True
     image_size: int = bounded(128, 32)
-    epochs: int = bounded(20, 1)
-    seed: int = 22
+    epochs: int = bounded(5, 1)
+    seed: int = bounded(22, 0)  # non-negative: it seeds numpy SeedSequences
     # Static pseudo-label thresholds where RPLE is off (fixmatch, fixed_fusion, l2l with
     # rple: false); the open ends keep tau_bg < 0.5 < tau_fg.
     tau_fg: float = bounded(0.7, 0.5, 1.0, lo_open=True)
@@ -267,22 +264,47 @@ class TrainConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Optimisation: AdamW (no decay on biases and norms), learning rate decayed per step as
+    # lr * (1 - step / total_steps) ** poly_power. 1e-3 suits the embedded default's
+    # randomly initialised Swin; LAVT fine-tunes a pretrained Swin-B at 5e-5.
+    lr: float = bounded(1e-3, 0.0, lo_open=True)
+    weight_decay: float = bounded(0.01, 0.0)
+    poly_power: float = bounded(0.9, 0.0)
+    grad_clip: float = bounded(1.0, 0.0)  # max global gradient norm; 0 = no clipping
+    # Per process (under torchrun each rank takes its own batches of these sizes).
+    batch_size_x: int = bounded(4, 1)  # labelled pairs per step
+    batch_size_u: int = bounded(8, 1)  # unlabelled pairs per step
+    # null: one pass over the refs that drive the epoch (unlabelled for the semi-supervised
+    # methods, labelled for `supervised`), one sentence drawn per ref and visit; a number
+    # fixes the steps per epoch (the samplers are endless streams, so any number works).
+    # 80 keeps the embedded default's training near five minutes on two CPU cores.
+    steps_per_epoch: int | None = bounded(80, 1)
+    # Probability of hiding a pair's prior from the model in the gradient-carrying forward,
+    # so it stays usable without one (`eval.prior: none`).
+    prior_dropout: float = bounded(0.2, 0.0, 1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda:LOCAL_RANK when CUDA exists
+    amp: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
+    num_workers: int = bounded(1, 0, 64)  # DataLoader workers per stream (labelled, unlabelled)
+    checkpoint_every_steps: int = bounded(0, 0)  # also write `latest` every N steps; 0 = epochs only
+    log_every: int = bounded(50, 1)  # steps between log lines (readable where no progress bar is)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    splits: tuple[str, ...] = ("val", "test")
+    splits: tuple[str, ...] = ("val", "test")  # what `l2l-train eval` scores
+    # Model input at evaluation: no prior, or the configured teacher's priors of the split
+    # (generated with `l2l-priors generate --split <split>`).
     prior: Literal["none", "teacher"] = "none"
+    val_split: str = "val"  # per-epoch validation; `best` is chosen by its oIoU
+    every_epochs: int = bounded(1, 1)  # validate every N epochs (and always after the last)
+    batch_size: int = bounded(32, 1)
+    threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True)  # on sigmoid(logit)
 
 
 @dataclass(frozen=True)
-class TrainerParams:
-    """The whole ``params.yaml`` as the trainer sees it."""
+class TrainerParams(PipelineConfig):
+    """The whole ``params.yaml`` as the trainer sees it: the pipeline's sections and its own."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    priors: PriorsConfig = field(default_factory=PriorsConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,227 @@
+"""``l2l-train``: train, evaluate and run the referring segmentor.
+
+Each command parses its options, loads ``params.yaml`` and calls one function
+(:func:`~l2l_train.loop.run_training`, :func:`~l2l_train.evaluate.run_eval`,
+:class:`~l2l_train.predict.Predictor`), so everything here can also be called from Python.
+``l2l-train run`` works the same under ``torchrun --nproc-per-node K`` (one rank per process;
+rank 0 prints and writes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from l2l_train.config import TrainerParams, load_trainer_params
+from pipeline.config import ConfigError
+
+app = typer.Typer(
+    help="L2L trainer: semi-supervised referring segmentation with teacher priors (SPM, SESM, RPLE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ParamsOption = Annotated[
+    Path, typer.Option("--params", "-p", help="params.yaml to read (every tunable lives there).")
+]
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def _load(params: Path) -> TrainerParams:
+    logging.basicConfig(
+        level=logging.INFO if _is_main_rank() else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    try:
+        return load_trainer_params(params)
+    except ConfigError as err:
+        raise _fail(f"invalid params: {err}", 2) from None
+
+
+def _fail(message: str | Exception, code: int = 1) -> typer.Exit:
+    """Print ``message`` (as plain text: messages hold brackets) and return the exit to raise."""
+    console.print(str(message), style="red", markup=False)
+    return typer.Exit(code)
+
+
+def _print_table(title: str, rows: list[tuple[str, object]]) -> None:
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@app.command()
+def run(
+    params: ParamsOption = Path("params.yaml"),
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Ignore paths.models/latest.pt and train from scratch (also when its params differ).",
+        ),
+    ] = False,
+) -> None:
+    """Train with train.method (supervised | fixmatch | fixed_fusion | l2l).
+
+    Writes checkpoints to paths.models (latest.pt each epoch and every
+    train.checkpoint_every_steps, best.pt by validation oIoU) and per-epoch metrics to
+    paths.metrics/train (dvclive). Resumes from latest.pt when its params match.
+    """
+    from l2l_train.loop import ConfigMismatchError, StepInfo, run_training
+
+    cfg = _load(params)
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not _is_main_rank()) as bar:
+        task = bar.add_task("train", total=None, epoch=0, loss=float("nan"), speed=0.0)
+
+        def on_step(info: StepInfo) -> None:
+            bar.update(
+                task,
+                total=info.total_steps,
+                completed=info.step,
+                epoch=info.epoch,
+                loss=info.loss,
+                speed=info.samples_per_s,
+            )
+
+        try:
+            summary = run_training(cfg, restart=restart, on_step=on_step)
+        except ConfigMismatchError as err:
+            raise _fail(err, 2) from None
+        except (FileNotFoundError, ValueError) as err:
+            raise _fail(err) from None
+    if not _is_main_rank():
+        return
+    rows = [
+        ("method", summary.method),
+        ("steps", summary.steps),
+        ("best epoch", summary.best_epoch),
+        ("best val oIoU", summary.best_val_oiou),
+        *((name, value) for name, value in summary.last_metrics.items() if name.startswith("val/")),
+        ("steps/s", summary.steps_per_s),
+        ("samples/s", summary.samples_per_s),
+    ]
+    if summary.resumed_from_step is not None:
+        rows.append(("resumed from step", summary.resumed_from_step))
+    _print_table(f"l2l-train run -> {cfg.paths.models}", rows)
+
+
+@app.command("eval")
+def evaluate(
+    params: ParamsOption = Path("params.yaml"),
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint to score (default: paths.models/best.pt).")
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="Split to score, repeatable (default: eval.splits)."),
+    ] = None,
+    prior: Annotated[
+        str | None,
+        typer.Option(
+            help="Model input: none, or teacher priors of the split (default: eval.prior)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Metrics JSON to write (default: paths.metrics/eval.json).")
+    ] = None,
+) -> None:
+    """oIoU, mIoU and prec@0.5-0.9 over every sentence of each split; writes a metrics JSON."""
+    from l2l_train.evaluate import run_eval
+
+    cfg = _load(params)
+    checkpoint = checkpoint or Path(cfg.paths.models) / "best.pt"
+    prior = prior or cfg.eval.prior
+    if prior not in ("none", "teacher"):
+        raise _fail(f"--prior: expected none or teacher, got {prior!r}", 2)
+    if not checkpoint.is_file():
+        raise _fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
+    try:
+        result = run_eval(cfg, checkpoint, tuple(split or cfg.eval.splits), prior)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(err) from None
+    out = out or Path(cfg.paths.metrics) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = Table(title=f"{checkpoint} (step {result['step']}, prior {prior}) -> {out}")
+    metrics = ["oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9", "pairs"]
+    for column in ["split", *metrics]:
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, values in result["splits"].items():
+        table.add_row(
+            name, *(f"{values[m]:.4f}" if m != "pairs" else str(values[m]) for m in metrics)
+        )
+    Console().print(table)
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `l2l-train run`.")],
+    image: Annotated[Path, typer.Option(help="Image file.")],
+    text: Annotated[str, typer.Option(help="The referring expression.")],
+    out: Annotated[Path, typer.Option(help="Mask PNG to write (255 = referred object).")] = Path(
+        "mask.png"
+    ),
+    overlay: Annotated[
+        Path | None, typer.Option(help="Also write the image with the mask tinted over it.")
+    ] = None,
+    threshold: Annotated[float, typer.Option(help="On the foreground probability.")] = 0.5,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Segment the object an expression refers to in one image (no teacher prior)."""
+    from l2l_train.evaluate import resolve_device
+    from l2l_train.predict import Predictor, mask_image
+    from l2l_train.predict import overlay as overlay_image
+    from pipeline.datasets.manifest import load_rgb
+
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)]
+    )
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device: expected auto, cpu or cuda, got {device!r}", 2)
+    if not checkpoint.is_file():
+        raise _fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
+    try:
+        picture = load_rgb(image)
+    except OSError as err:
+        raise _fail(err) from None
+    predictor = Predictor(checkpoint, resolve_device(device))
+    mask = predictor.probability(picture, text) >= threshold
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mask_image(mask).save(out)
+    console.print(f"wrote {out} ({mask.mean():.1%} of the image)")
+    if overlay is not None:
+        overlay.parent.mkdir(parents=True, exist_ok=True)
+        overlay_image(picture, mask).save(overlay)
+        console.print(f"wrote {overlay}")

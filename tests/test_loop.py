@@ -1,0 +1,269 @@
+"""The training loop: method switches, optimisation schedule, epoch metrics, the four methods
+end to end, resume after SIGKILL, config mismatches, and 2-process gloo DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from trainer_workspace import build_workspace, params_dict, write_params
+
+from l2l_train.checkpoint import load_checkpoint
+from l2l_train.config import TrainConfig, load_trainer_params
+from l2l_train.data import split_eval_only
+from l2l_train.loop import (
+    ConfigMismatchError,
+    MethodPlan,
+    Run,
+    Runtime,
+    Sums,
+    param_groups,
+    plan_method,
+    poly_factor,
+    run_training,
+    start_runtime,
+    steps_per_epoch,
+    stop_runtime,
+)
+from l2l_train.losses import IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return build_workspace(tmp_path_factory.mktemp("loop"))
+
+
+def variant(workspace: Path, tmp_path: Path, **sections) -> Path:
+    """The workspace's params with models/metrics under ``tmp_path`` and ``sections`` merged."""
+    paths = {"models": str(tmp_path / "models"), "metrics": str(tmp_path / "metrics")}
+    base = params_dict(workspace)
+    base["paths"] = {**base["paths"], **paths}
+    return write_params(tmp_path, base, **sections)
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_plan_method_switches():
+    assert plan_method(TrainConfig(method="supervised")) == MethodPlan(False, False, "none", False)
+    assert plan_method(TrainConfig(method="fixmatch")) == MethodPlan(True, False, "none", False)
+    assert plan_method(TrainConfig(method="fixed_fusion")) == MethodPlan(True, True, "fixed", False)
+    assert plan_method(TrainConfig(method="l2l")) == MethodPlan(True, True, "spm", True)
+    ablation = TrainConfig(method="l2l", spm=False, rple=False)
+    assert plan_method(ablation) == MethodPlan(True, True, "none", False)
+
+
+def test_poly_factor_hand_values():
+    assert poly_factor(0, 100, 0.9) == 1.0
+    assert poly_factor(50, 100, 0.9) == pytest.approx(0.5**0.9)
+    assert poly_factor(100, 100, 0.9) == 0.0
+    assert poly_factor(120, 100, 0.9) == 0.0
+
+
+def test_param_groups_skip_decay_on_vectors():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    model[1].requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [(2, 3)]
+    assert [p.shape for p in no_decay["params"]] == [
+        (2,)
+    ]  # the linear bias; the frozen norm is out
+
+
+def test_steps_per_epoch_is_one_pass_over_the_driving_refs():
+    semi, supervised = plan_method(TrainConfig()), plan_method(TrainConfig(method="supervised"))
+    cfg = TrainConfig(batch_size_x=4, batch_size_u=8, steps_per_epoch=None)
+    assert steps_per_epoch(cfg, semi, refs_x=10, refs_u=100, world=1) == 13
+    assert steps_per_epoch(cfg, semi, refs_x=10, refs_u=100, world=2) == 7
+    assert steps_per_epoch(cfg, supervised, refs_x=10, refs_u=100, world=1) == 3
+    fixed = TrainConfig(steps_per_epoch=5)
+    assert steps_per_epoch(fixed, semi, refs_x=10, refs_u=100, world=1) == 5
+
+
+def test_sums_means_hand_values():
+    sums = Sums(["a", "b", "c"], torch.device("cpu"))
+    sums.add("a", 3.0)
+    sums.add("a", 1.0)
+    sums.add("b", torch.tensor(6.0), 4)
+    assert sums.means() == {"a": 2.0, "b": 1.5}  # c never added: no mean
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def test_step_refuses_unlabelled_ground_truth_and_makes_three_way_labels(workspace, tmp_path):
+    params = load_trainer_params(variant(workspace, tmp_path, train={"rple": False}))
+    run = Run(params, Runtime(torch.device("cpu")), restart=True)
+    loader_x, loader_u = run.loaders()
+    batch_x, batch_u = next(iter(loader_x)), next(iter(loader_u))
+    with pytest.raises(ValueError, match="mask_u_eval"):
+        run.trainer.step(batch_x, batch_u)
+    train_u, eval_u = split_eval_only(batch_u)
+    result = run.trainer.step(batch_x, train_u)
+    assert math.isfinite(result.losses["loss"]) and "unsup_dice" in result.losses
+    targets = result.targets
+    assert set(targets.pseudo.unique().tolist()) <= {0, 1, IGNORE_INDEX}
+    # Static thresholds (rple off): every pixel at or above 0.7 of q_hat is foreground,
+    # at or below 0.3 background, outside the boundary band.
+    q_hat = targets.q_hat[:, 0]
+    assert (targets.pseudo[q_hat > 0.3] != 0).all() and (targets.pseudo[q_hat < 0.7] != 1).all()
+    assert torch.equal(targets.thresholds, torch.tensor([[0.7, 0.3]] * 2))
+    assert eval_u["mask_u_eval"].shape == targets.pseudo.shape
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "fixed_fusion", "l2l"])
+def test_each_method_trains_and_writes_metrics(workspace, tmp_path, method):
+    params = load_trainer_params(variant(workspace, tmp_path, train={"method": method}))
+    summary = run_training(params)
+    assert summary.steps == 2 and summary.best_epoch == 1
+    assert 0 <= summary.best_val_oiou <= 1
+    metrics = summary.last_metrics
+    assert math.isfinite(metrics["train/loss"]) and "val/prec@0.5" in metrics
+    for name in ("latest.pt", "best.pt"):
+        assert (tmp_path / "models" / name).is_file()
+    live = tmp_path / "metrics" / "train"
+    assert (live / "metrics.json").is_file() and (live / "best.json").is_file()
+    assert (live / "plots" / "metrics" / "val" / "oIoU.tsv").is_file()
+    semi = method != "supervised"
+    assert ("u/pseudo_accuracy" in metrics) == semi
+    assert ("train/unsup" in metrics) == semi
+    # Only the methods that read the teacher see (and measure) its raw prior.
+    assert ("u/prior_raw_mIoU" in metrics) == (method in ("fixed_fusion", "l2l"))
+    ckpt = load_checkpoint(tmp_path / "models" / "latest.pt")
+    if method == "l2l":
+        # One transition per unlabelled sample and step; tau in range, ordered.
+        assert ckpt["agent"]["buffer"]["state"].shape == (2 * 2, 6)
+        assert 0.5 <= metrics["u/tau_fg"] <= 0.95 and 0.05 <= metrics["u/tau_bg"] <= 0.5
+    else:
+        assert ckpt["agent"] is None
+    if method in ("fixmatch", "fixed_fusion"):
+        assert metrics["u/tau_fg"] == pytest.approx(0.7) and metrics["u/tau_bg"] == pytest.approx(
+            0.3
+        )
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reaches_the_uninterrupted_state(workspace, tmp_path):
+    train = {"epochs": 2, "steps_per_epoch": 4, "checkpoint_every_steps": 1, "num_workers": 1}
+    killed = variant(workspace, tmp_path / "killed", train=train)
+    latest = tmp_path / "killed" / "models" / "latest.pt"
+    # Its own process group: the kill takes the DataLoader worker down with it, as a crash
+    # of the machine would, instead of leaving it holding the stderr pipe.
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "l2l-train", "run", "--params", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    interrupted_at = load_checkpoint(latest)["step"]
+    assert 0 < interrupted_at < 8
+
+    resumed = run_training(load_trainer_params(killed))
+    assert resumed.resumed_from_step == interrupted_at and resumed.steps == 8
+
+    straight = run_training(
+        load_trainer_params(variant(workspace, tmp_path / "straight", train=train))
+    )
+    assert straight.steps == 8
+    a = load_checkpoint(latest)
+    b = load_checkpoint(tmp_path / "straight" / "models" / "latest.pt")
+    assert a["step"] == b["step"] == 8
+    assert same_tensors(a["model"], b["model"])
+    assert same_tensors(a["agent"]["actor"], b["agent"]["actor"])
+    assert torch.equal(a["agent"]["buffer"]["reward"], b["agent"]["buffer"]["reward"])
+
+
+@pytest.mark.slow
+def test_config_mismatch_names_keys_and_restart_trains_anew(workspace, tmp_path):
+    first = load_trainer_params(variant(workspace, tmp_path))
+    run_training(first)
+    changed = load_trainer_params(
+        variant(workspace, tmp_path, train={"lr": 5e-4}, model={"decoder_dim": 8})
+    )
+    with pytest.raises(ConfigMismatchError, match=r"model\.decoder_dim, train\.lr"):
+        run_training(changed)
+    # Runtime-only keys do not block a resume: the run is complete and stays so.
+    runtime = load_trainer_params(
+        variant(workspace, tmp_path, train={"log_every": 7}, eval={"batch_size": 3})
+    )
+    assert run_training(runtime).resumed_from_step == 2
+    fresh = run_training(changed, restart=True)
+    assert fresh.resumed_from_step is None and fresh.steps == 2
+    assert load_checkpoint(tmp_path / "models" / "latest.pt")["config"]["train"]["lr"] == 5e-4
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, params_path: str, port: int, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+    )
+    torch.set_num_threads(1)
+    params = load_trainer_params(params_path)
+    rt = start_runtime(params.train)
+    try:
+        run = Run(params, rt, restart=True)
+        summary = run.run()
+        torch.save(
+            {
+                "steps": summary.steps,
+                "model": run.trainer.model.state_dict(),
+                "actor": run.trainer.agent.actor.state_dict(),
+                "buffer": run.trainer.agent.buffer.state_dict(),
+            },
+            Path(out_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        stop_runtime(rt)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_keeps_models_and_agents_identical(workspace, tmp_path):
+    params = variant(workspace, tmp_path, train={"steps_per_epoch": 3})
+    mp.spawn(_ddp_worker, args=(str(params), _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert rank0["steps"] == rank1["steps"] == 3
+    assert same_tensors(rank0["model"], rank1["model"])
+    assert same_tensors(rank0["actor"], rank1["actor"])
+    # Both agents hold every rank's transitions: 3 steps x 2 ranks x 2 samples.
+    assert rank0["buffer"]["state"].shape == (12, 6)
+    assert torch.equal(rank0["buffer"]["state"], rank1["buffer"]["state"])
+    assert (tmp_path / "models" / "latest.pt").is_file()

@@ -1,0 +1,110 @@
+"""`l2l-train run / eval / predict` end to end on the tiny workspace, and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from trainer_workspace import build_workspace, params_dict, write_params
+from typer.testing import CliRunner
+
+from l2l_train.cli import app
+from pipeline.datasets.manifest import image_root, read_manifest
+
+runner = CliRunner()
+
+
+def invoke(*args: str, code: int = 0) -> str:
+    """Run the CLI; returns its output with whitespace collapsed (rich wraps long lines)."""
+    result = runner.invoke(app, [str(a) for a in args])
+    text = " ".join(result.output.split())
+    assert result.exit_code == code, text
+    return text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The workspace's params after one `l2l-train run` (l2l, 2 steps)."""
+    params = build_workspace(tmp_path_factory.mktemp("cli"))
+    out = invoke("run", "--params", params)
+    assert "best val oIoU" in out
+    return params
+
+
+def models(params: Path) -> Path:
+    return Path(params_dict(params)["paths"]["models"])
+
+
+@pytest.mark.slow
+def test_eval_writes_metrics_per_split_and_prior_mode(trained):
+    invoke("eval", "--params", trained)
+    metrics_dir = Path(params_dict(trained)["paths"]["metrics"])
+    result = json.loads((metrics_dir / "eval.json").read_text())
+    assert result["prior"] == "none" and result["step"] == 2
+    assert set(result["splits"]) == {"val"}  # eval.splits of the workspace
+    val = result["splits"]["val"]
+    assert {"oIoU", "mIoU", "prec@0.5", "prec@0.9", "pairs"} <= set(val)
+    samples = Path(params_dict(trained)["paths"]["manifests"]) / "samples.parquet"
+    assert val["pairs"] == (read_manifest(samples)["split"].to_numpy(False) == "val").sum()
+
+    out = metrics_dir / "teacher.json"
+    invoke("eval", "--params", trained, "--split", "val", "--prior", "teacher", "--out", out)
+    teacher = json.loads(out.read_text())
+    assert teacher["prior"] == "teacher" and teacher["splits"]["val"]["prior_coverage"] == 1.0
+
+    # No priors were generated for the test split: the error names the command that makes them.
+    text = invoke("eval", "--params", trained, "--split", "test", "--prior", "teacher", code=1)
+    assert "l2l-priors generate --split test" in text
+    text = invoke("eval", "--params", trained, "--prior", "maybe", code=2)
+    assert "expected none or teacher" in text
+
+
+@pytest.mark.slow
+def test_predict_writes_mask_and_overlay(trained, tmp_path):
+    samples = Path(params_dict(trained)["paths"]["manifests"]) / "samples.parquet"
+    row = read_manifest(samples).slice(0, 1).to_pylist()[0]
+    image = image_root(samples) / row["image_path"]
+    mask, overlay = tmp_path / "mask.png", tmp_path / "overlay.png"
+    invoke(
+        "predict",
+        "--checkpoint", models(trained) / "best.pt",
+        "--image", image,
+        "--text", row["expression"],
+        "--out", mask,
+        "--overlay", overlay,
+    )  # fmt: skip
+    size = Image.open(image).size
+    written = np.asarray(Image.open(mask))
+    assert Image.open(mask).size == size and set(np.unique(written)) <= {0, 255}
+    assert Image.open(overlay).size == size and Image.open(overlay).mode == "RGB"
+
+
+@pytest.mark.slow
+def test_mismatched_params_fail_naming_keys_until_restart(trained, tmp_path):
+    changed = write_params(tmp_path, params_dict(trained), train={"lr": 5e-4})
+    text = invoke("run", "--params", changed, code=2)
+    assert "train.lr" in text and "--restart" in text
+    text = invoke("run", "--params", changed, "--restart")
+    assert "resumed from step" not in text and "best val oIoU" in text
+
+
+def test_missing_inputs_name_the_command_that_makes_them(tmp_path):
+    params = write_params(
+        tmp_path,
+        {
+            "paths": {
+                name: str(tmp_path / name) for name in ("manifests", "priors", "models", "metrics")
+            }
+        },
+    )
+    assert "l2l-priors prepare" in invoke("run", "--params", params, code=1)
+    assert "l2l-train run" in invoke("eval", "--params", params, code=1)
+    text = invoke(
+        "predict", "--checkpoint", tmp_path / "none.pt", "--image", "x.png", "--text", "a", code=1
+    )
+    assert "l2l-train run" in text
+    bad = write_params(tmp_path / "bad", {"train": {"methd": "l2l"}})
+    assert "train.methd: unknown key" in invoke("run", "--params", bad, code=2)
