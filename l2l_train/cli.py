@@ -84,6 +84,15 @@ def run(
             help="Ignore paths.models/latest.pt and train from scratch (also when its params differ).",
         ),
     ] = False,
+    restart_if_stale: Annotated[
+        bool,
+        typer.Option(
+            "--restart-if-stale",
+            help="Train from scratch, instead of stopping, when latest.pt has other params or "
+            "is a finished run; an unfinished run with the same params still resumes "
+            "(the DVC train stage's mode).",
+        ),
+    ] = False,
 ) -> None:
     """Train with train.method (supervised | fixmatch | fixed_fusion | l2l).
 
@@ -116,7 +125,9 @@ def run(
             )
 
         try:
-            summary = run_training(cfg, restart=restart, on_step=on_step)
+            summary = run_training(
+                cfg, restart=restart, restart_if_stale=restart_if_stale, on_step=on_step
+            )
         except ConfigMismatchError as err:
             raise _fail(err, 2) from None
         except (FileNotFoundError, ValueError) as err:
@@ -225,3 +236,7 @@ def predict(
         overlay.parent.mkdir(parents=True, exist_ok=True)
         overlay_image(picture, mask).save(overlay)
         console.print(f"wrote {overlay}")
+
+
+if __name__ == "__main__":  # torchrun -m l2l_train.cli run ...
+    app()

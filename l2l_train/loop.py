@@ -593,18 +593,32 @@ def run_identity(params: TrainerParams) -> dict[str, Any]:
     return config
 
 
-def resumable_checkpoint(path: Path, params: TrainerParams) -> dict[str, Any] | None:
-    """``latest`` to resume from, None when there is none. Raises
-    :class:`ConfigMismatchError` naming the keys where its config differs."""
+def resumable_checkpoint(
+    path: Path, params: TrainerParams, total_steps: int, restart_if_stale: bool
+) -> dict[str, Any] | None:
+    """``latest`` to resume from, None when there is none.
+
+    A checkpoint written under other params raises :class:`ConfigMismatchError` naming the
+    differing keys. With ``restart_if_stale`` (what ``dvc repro`` wants: a changed param, or
+    changed code behind a finished run, means a new run) such a checkpoint, or one of a
+    finished run, is set aside and training starts from scratch; an unfinished run with the
+    same params still resumes.
+    """
     if not path.is_file():
         return None
     ckpt = load_checkpoint(path)
     differing = config_differences(ckpt["identity"], run_identity(params), ignore=RUNTIME_KEYS)
-    if differing:
+    if differing and not restart_if_stale:
         raise ConfigMismatchError(
             f"{path} was written by a run with different params ({', '.join(differing)}); "
             f"restore them to resume, or pass --restart to train from scratch"
         )
+    if differing:
+        log.info("%s has other params (%s): training from scratch", path, ", ".join(differing))
+        return None
+    if restart_if_stale and ckpt["progress"]["step"] >= total_steps:
+        log.info("%s is a finished run: training again from scratch", path)
+        return None
     return ckpt
 
 
@@ -650,7 +664,9 @@ class TrainSummary:
 class Run:
     """One ``l2l-train run``: data, trainer, checkpoints and logging for this rank."""
 
-    def __init__(self, params: TrainerParams, rt: Runtime, restart: bool) -> None:
+    def __init__(
+        self, params: TrainerParams, rt: Runtime, restart: bool, restart_if_stale: bool
+    ) -> None:
         cfg = params.train
         self.params, self.cfg, self.rt = params, cfg, rt
         self.plan = plan_method(cfg)
@@ -696,7 +712,13 @@ class Run:
         self.stats = EpochStats(rt.device)
         self.resumed_from: int | None = None
 
-        ckpt = None if restart else resumable_checkpoint(self.models_dir / "latest.pt", params)
+        ckpt = (
+            None
+            if restart
+            else resumable_checkpoint(
+                self.models_dir / "latest.pt", params, self.total_steps, restart_if_stale
+            )
+        )
         # This rank's random state to restore once the loaders exist (creating a loader
         # iterator draws from the global generator, so restoring earlier would desync a
         # resumed run from an uninterrupted one).
@@ -704,7 +726,7 @@ class Run:
         if ckpt is not None:
             self._resume(ckpt)
         else:
-            if restart and rt.is_main:
+            if rt.is_main:  # a fresh run's best is its own
                 (self.models_dir / "best.pt").unlink(missing_ok=True)
             random.seed(derive_seed(cfg.seed, rt.rank, 3))
             np.random.seed(derive_seed(cfg.seed, rt.rank, 4) % 2**32)
@@ -930,6 +952,7 @@ def run_training(
     params: TrainerParams,
     *,
     restart: bool = False,
+    restart_if_stale: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> TrainSummary:
     """Train as ``params`` says, resuming from ``paths.models/latest.pt`` when its config
@@ -937,6 +960,6 @@ def run_training(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rt = start_runtime(params.train)
     try:
-        return Run(params, rt, restart).run(on_step)
+        return Run(params, rt, restart, restart_if_stale).run(on_step)
     finally:
         stop_runtime(rt)

@@ -107,7 +107,7 @@ def test_sums_means_hand_values():
 
 def test_step_refuses_unlabelled_ground_truth_and_makes_three_way_labels(workspace, tmp_path):
     params = load_trainer_params(variant(workspace, tmp_path, train={"rple": False}))
-    run = Run(params, Runtime(torch.device("cpu")), restart=True)
+    run = Run(params, Runtime(torch.device("cpu")), restart=True, restart_if_stale=False)
     loader_x, loader_u = run.loaders()
     batch_x, batch_u = next(iter(loader_x)), next(iter(loader_u))
     with pytest.raises(ValueError, match="mask_u_eval"):
@@ -218,6 +218,14 @@ def test_config_mismatch_names_keys_and_restart_trains_anew(workspace, tmp_path)
     assert fresh.resumed_from_step is None and fresh.steps == 2
     assert load_checkpoint(tmp_path / "models" / "latest.pt")["config"]["train"]["lr"] == 5e-4
 
+    # DVC's mode: other params or a finished run start over; nothing raises.
+    assert run_training(first, restart_if_stale=True).resumed_from_step is None
+    assert run_training(first, restart_if_stale=True).resumed_from_step is None  # finished
+    assert (
+        load_checkpoint(tmp_path / "models" / "latest.pt")["config"]["train"]["lr"]
+        == first.train.lr
+    )
+
 
 # ----------------------------------------------------------------------------- DDP
 
@@ -240,7 +248,7 @@ def _ddp_worker(rank: int, params_path: str, port: int, out_dir: str) -> None:
     params = load_trainer_params(params_path)
     rt = start_runtime(params.train)
     try:
-        run = Run(params, rt, restart=True)
+        run = Run(params, rt, restart=True, restart_if_stale=False)
         summary = run.run()
         torch.save(
             {
