@@ -1,6 +1,7 @@
 """`dvc repro` on a temp copy of the repo with the smoke profile: each stage reruns only when
 its own code, data or params change, and the store computes only missing priors."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -37,9 +38,13 @@ def sh(*args: str, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
 def repro(cwd: Path) -> list[str]:
     """Run `dvc repro`; the stages it ran."""
-    return re.findall(r"Running stage '([^']+)'", sh(str(BIN / "dvc"), "repro", cwd=cwd))
+    return stages_run(sh(str(BIN / "dvc"), "repro", cwd=cwd))
 
 
 def set_param(cwd: Path, dotted: str, value) -> None:
@@ -89,20 +94,43 @@ def workspace(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_stages_rerun_only_on_their_own_inputs(workspace):
-    assert repro(workspace) == ["prepare", "split", "priors"]
+def test_stages_rerun_only_on_their_own_inputs_and_experiments_compare(workspace):
+    assert repro(workspace) == ["prepare", "split", "priors", "train", "evaluate"]
     assert repro(workspace) == []
+    assert json.loads((workspace / "data/metrics/eval.json").read_text())
+
+    # A training param: only training and evaluation rerun (the teacher is not paid again).
+    set_param(workspace, "train.lr", 0.002)
+    assert repro(workspace) == ["train", "evaluate"]
     before = unlabeled_pairs(workspace)
     assert stored_pairs(workspace) == len(before)
 
     # Fewer labels: more unlabelled pairs; the store computes only those not yet stored.
     set_param(workspace, "split.labeled_ratio", 0.1)
-    assert repro(workspace) == ["split", "priors"]
+    assert repro(workspace) == ["split", "priors", "train", "evaluate"]
     after = unlabeled_pairs(workspace)
     assert len(after - before) > 0
     assert stored_pairs(workspace) == len(before) + len(after - before)  # no pair twice
 
     # A new teacher config: new keys for every unlabelled pair, beside the old ones.
     set_param(workspace, "priors.simulated.seed", 1)
-    assert repro(workspace) == ["priors"]
+    assert repro(workspace) == ["priors", "train", "evaluate"]
     assert stored_pairs(workspace) == len(before | after) + len(after)
+
+    # An experiment with another method reruns only training and evaluation, and
+    # `dvc exp show` lists both runs' metrics.
+    sh("git", "add", "-A", cwd=workspace)
+    sh("git", "commit", "-qm", "baseline run", cwd=workspace)
+    out = sh(str(BIN / "dvc"), "exp", "run", "-S", "train.method=supervised", cwd=workspace)
+    assert stages_run(out) == ["train", "evaluate"]
+    rows = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=workspace))
+    runs = [exp for row in rows for exp in [row, *(row.get("experiments") or [])]]
+    methods = set()
+    for run in runs:
+        for revision in run.get("revs", [run]):
+            data = revision.get("data") or {}
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            metrics = (data.get("metrics") or {}).get("data/metrics/eval.json", {}).get("data")
+            if params and metrics:
+                methods.add(params["train"]["method"])
+    assert methods == {"l2l", "supervised"}
