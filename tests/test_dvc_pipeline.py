@@ -68,9 +68,9 @@ def unlabeled_pairs(cwd: Path) -> set[str]:
 
 @pytest.fixture
 def workspace(tmp_path) -> Path:
-    """The repo's tracked and untracked-but-not-ignored files in a fresh git repo."""
+    """The repo's tracked files (as in the working tree) in a fresh git repo."""
     files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        ["git", "ls-files", "--cached"],
         cwd=REPO,
         capture_output=True,
         text=True,
