@@ -285,7 +285,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda:LOCAL_RANK when CUDA exists
     amp: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
     num_workers: int = bounded(1, 0, 64)  # DataLoader workers per stream (labelled, unlabelled)
-    checkpoint_every_steps: int = bounded(0, 0)  # also write `latest` every N steps; 0 = epochs only
+    checkpoint_every_steps: int = bounded(
+        0, 0
+    )  # also write `latest` every N steps; 0 = epochs only
     log_every: int = bounded(50, 1)  # steps between log lines (readable where no progress bar is)
 
 

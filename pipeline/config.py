@@ -34,8 +34,14 @@ class ConfigError(ValueError):
     """A ``params.yaml`` value that does not fit the schema; the message names the key."""
 
 
-def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
-            lo_open: bool = False, hi_open: bool = False) -> Any:
+def bounded(
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> Any:
     """A dataclass field whose value must lie in an interval (ends inclusive unless open)."""
     return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
 
@@ -230,7 +236,9 @@ class DataConfig:
     (see ``pipeline.datasets.refcoco`` for the layout under ``root`` and ``images``)."""
 
     dataset: Literal["synthetic", "refcoco", "refcoco+", "refcocog"] = "synthetic"
-    root: str = "data/raw/refer"  # refer layout: <root>/<dataset>/refs(<split_by>).p + instances.json
+    root: str = (
+        "data/raw/refer"  # refer layout: <root>/<dataset>/refs(<split_by>).p + instances.json
+    )
     images: str = "data/raw/images"  # COCO train2014 image folder (refer datasets)
     split_by: Literal["unc", "umd", "google"] = "unc"
     # Decode every referenced image at prepare time so a truncated file is found (and
@@ -256,7 +264,9 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
-    prepared: str = "data/prepared"  # what prepare derives from the raw data (report, synthetic set)
+    prepared: str = (
+        "data/prepared"  # what prepare derives from the raw data (report, synthetic set)
+    )
     manifests: str = "data/manifests"
     priors: str = "data/priors"
     models: str = "data/models"

@@ -143,8 +143,10 @@ def split_counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
         entry = counts.setdefault(s.split, {"pairs": 0, "images": set()})
         entry["pairs"] += 1
         entry["images"].add(s.image_id)
-    return {split: {"pairs": c["pairs"], "images": len(c["images"])}
-            for split, c in sorted(counts.items())}
+    return {
+        split: {"pairs": c["pairs"], "images": len(c["images"])}
+        for split, c in sorted(counts.items())
+    }
 
 
 def write_prepare_report(prepared: PreparedDataset, dataset: str, path: str | Path) -> None:

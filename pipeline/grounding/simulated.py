@@ -59,7 +59,11 @@ def soft_box_window(box_xyxy: np.ndarray, hw: tuple[int, int], softness: float) 
     x1, y1, x2, y2 = box_xyxy
 
     def ramp(t, lo, hi):  # sigmoid(t - lo) · sigmoid(hi - t), via tanh to avoid overflow
-        return 0.25 * (1 + np.tanh((t - lo) / (2 * softness))) * (1 + np.tanh((hi - t) / (2 * softness)))
+        return (
+            0.25
+            * (1 + np.tanh((t - lo) / (2 * softness)))
+            * (1 + np.tanh((hi - t) / (2 * softness)))
+        )
 
     return np.outer(ramp(ys, y1, y2), ramp(xs, x1, x2)).astype(np.float32)
 
