@@ -1,0 +1,425 @@
+"""The paper's ablation on the embedded benchmark (issue 7, item 1).
+
+    .venv/bin/python benchmarks/ablation.py [--seeds 1] [--epochs 3] [--steps-per-epoch 100]
+        [--image-size 64] [--rows supervised,full] [--teacher-eval] [--report-only]
+
+The default budget (300 steps of 8 labelled + 8 unlabelled pairs at 64 px, CE weights
+bg 1.0 / fg 4.0) fits the eight rows in about 35 minutes on two CPU cores (two invocations
+with disjoint ``--rows`` side by side, then ``--report-only`` to tabulate). At that budget
+the 5 % supervised curve is flat (val oIoU 0.18 / 0.228 / 0.228 after 150 / 300 / 450
+steps); the 100 % ceiling still climbs slowly (0.227 / 0.237 / 0.246 after 250 / 500 / 750).
+
+Rows (5 % labels unless named otherwise; "Baseline" = SESM off, the prior never enters the
+model, as the paper's baseline):
+
+==================  ============  ======  ======  ======  =============================
+row                 method        spm     rple    sesm    labels
+==================  ============  ======  ======  ======  =============================
+supervised          supervised    -       -       off     5 % (labelled pairs only)
+fixmatch            fixmatch      -       -       off     5 % (no teacher anywhere)
+fixed_fusion        fixed_fusion  -       -       off     5 % (``0.5 p_w + 0.5 q``)
+spm                 l2l           on      off     off     5 %
+spm_sesm            l2l           on      off     on      5 %
+spm_rple            l2l           on      on      off     5 %
+full                l2l           on      on      on      5 %
+fully_supervised    supervised    -       -       off     100 % (every train pair)
+==================  ============  ======  ======  ======  =============================
+
+Each (row, seed) runs as two subprocesses, ``l2l-train run`` and ``l2l-train eval``, on its
+own params file under ``benchmarks/work/ablation/<row>/seed<k>/`` (so each run's memory is
+freed and an interrupted run resumes from its ``latest.pt``); a run whose ``result.json``
+exists is skipped. The final checkpoint (``latest.pt``) is scored, with no prior as model
+input (and with the teacher's prior, ``--teacher-eval``, for the SESM rows). The prior and
+pseudo-label figures (the paper's figure 9) are the training metrics of the last epoch.
+
+The manifests, partition and prior store are the pipeline's (``data/``), read only: each
+row's ``paths.manifests`` is a folder of symlinks to them (the 100 % row gets its own
+partition, every train pair labelled). Writes ``benchmarks/results/ablation.json`` and
+``ablation.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "work" / "ablation"
+RESULTS = ROOT / "benchmarks" / "results"
+L2L_TRAIN = Path(sys.executable).parent / "l2l-train"
+
+PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (appendix A.1,
+    # weak-to-strong self-training without the MLLM) is our fixmatch row
+    "fixmatch": 58.23,
+    "fixed_fusion": 64.07,
+    "spm": 65.73,
+    "spm_sesm": 66.99,
+    "spm_rple": 66.71,
+    "full": 67.30,
+}
+PAPER_FIG9 = {"raw_prior_iou": 68.48, "fused_prior_iou_first": 73.19, "fused_prior_iou_last": 91.10}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str  # as printed in the table
+    train: dict[str, Any]
+    sesm: bool
+    full_labels: bool = False
+
+
+ROWS = (
+    Row("supervised", "supervised (5 %)", {"method": "supervised"}, sesm=False),
+    Row("fixmatch", "fixmatch", {"method": "fixmatch"}, sesm=False),
+    Row("fixed_fusion", "fixed 0.5 fusion", {"method": "fixed_fusion"}, sesm=False),
+    Row("spm", "+SPM", {"method": "l2l", "spm": True, "rple": False}, sesm=False),
+    Row("spm_sesm", "+SPM+SESM", {"method": "l2l", "spm": True, "rple": False}, sesm=True),
+    Row("spm_rple", "+SPM+RPLE", {"method": "l2l", "spm": True, "rple": True}, sesm=False),
+    Row("full", "full L2L", {"method": "l2l", "spm": True, "rple": True}, sesm=True),
+    Row(
+        "fully_supervised",
+        "supervised (100 %)",
+        {"method": "supervised"},
+        sesm=False,
+        full_labels=True,
+    ),
+)
+
+# Training metrics of the last epoch reported per row (figure 9 and the thresholds).
+TRAIN_KEYS = {
+    "raw_prior_iou": "u/prior_raw_oIoU",
+    "fused_prior_iou": "u/prior_fused_oIoU",
+    "pseudo_accuracy": "u/pseudo_accuracy",
+    "coverage": "u/coverage",
+    "tau_fg": "u/tau_fg",
+    "tau_bg": "u/tau_bg",
+    "train_loss": "train/loss",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    epochs: int
+    steps_per_epoch: int
+    image_size: int
+    batch_size_x: int
+    batch_size_u: int
+    lr: float
+    # Supervised CE class weights: the synthetic targets cover ~4 % of the pixels (RefCOCO's
+    # ~15-20 %), and at the paper's 0.9 / 1.1 the model settles on all-background.
+    bg_weight: float
+    fg_weight: float
+
+    def train_overrides(self) -> dict[str, Any]:
+        """The ``train`` keys this budget sets (loss weights as a nested section)."""
+        flat = asdict(self)
+        loss = {"bg_weight": flat.pop("bg_weight"), "fg_weight": flat.pop("fg_weight")}
+        return flat | {"loss": loss}
+
+
+@dataclass
+class RunPaths:
+    folder: Path
+    params: Path = field(init=False)
+    result: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.params = self.folder / "params.yaml"
+        self.result = self.folder / "result.json"
+
+
+def manifests_folder(work: Path, full_labels: bool) -> Path:
+    """A folder holding ``samples.parquet`` (a symlink to the pipeline's) and the partition:
+    the pipeline's 5 % one, or one with every train pair labelled (``split.labeled_ratio``
+    must stay below 1, so the 100 % partition is written here rather than by the pipeline)."""
+    folder = work / ("manifests_100" if full_labels else "manifests_5")
+    source = ROOT / "data" / "manifests"
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = folder / "samples.parquet"
+    if not samples.exists():
+        samples.symlink_to(source / "samples.parquet")
+    partition = folder / "partition.parquet"
+    if partition.exists():
+        return folder
+    if not full_labels:
+        partition.symlink_to(source / "partition.parquet")
+        return folder
+    import pyarrow as pa
+
+    from pipeline.split import read_partition, write_partition
+
+    part = read_partition(source / "partition.parquet")
+    labeled = pa.array(["labeled"] * part.num_rows, type=pa.string())
+    write_partition(part.set_column(1, "role", labeled), partition)
+    return folder
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run of one invocation shares."""
+
+    work: Path  # run folders: <work>/<row>/seed<k>/, and the manifests folders
+    priors: Path  # the prior store (read only)
+    budget: Budget
+    base: dict[str, Any]  # the repository's params.yaml
+    teacher_eval: bool
+
+
+def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
+    """The repository's params with the row's method, the budget, the seed and paths under
+    ``folder``."""
+    budget = setup.budget
+    params = copy.deepcopy(setup.base)
+    params["paths"] |= {
+        "manifests": str(manifests_folder(setup.work, row.full_labels)),
+        "priors": str(setup.priors),
+        "models": str(folder / "models"),
+        "metrics": str(folder / "metrics"),
+    }
+    params.setdefault("model", {}).setdefault("sesm", {})["enabled"] = row.sesm
+    train = params.setdefault("train", {})
+    overrides = budget.train_overrides()
+    train["loss"] = train.get("loss", {}) | overrides.pop("loss")
+    train |= row.train | overrides | {"seed": seed}
+    # Validate once, after the last epoch: that score is the row's val figure, so `eval`
+    # only has the test split left to score.
+    params.setdefault("eval", {})["every_epochs"] = budget.epochs
+    return params
+
+
+def run_command(args: list[str], log: Path) -> float:
+    """Run ``args`` with stdout and stderr appended to ``log``; returns wall seconds."""
+    tick = time.perf_counter()
+    with log.open("a") as out:
+        done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {done.returncode}: see {log}")
+    return time.perf_counter() - tick
+
+
+def last_epoch(checkpoint: Path) -> dict[str, float]:
+    """The metrics of a checkpoint's last epoch: training figures and its validation."""
+    from l2l_train.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint, map_location="cpu")["progress"]["history"][-1]
+
+
+def finished(work: Path, row: Row, seed: int) -> dict | None:
+    """The stored result of (row, seed), None when that run has not finished."""
+    path = RunPaths(work / row.name / f"seed{seed}").result
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_row(setup: Setup, row: Row, seed: int) -> dict:
+    """Train and score one (row, seed); returns (and writes) its result."""
+    paths = RunPaths(setup.work / row.name / f"seed{seed}")
+    if paths.result.is_file():
+        return json.loads(paths.result.read_text())
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    params = row_params(setup, row, seed, paths.folder)
+    paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+    log = paths.folder / "log.txt"
+    p = ["-p", str(paths.params)]
+    train_s = run_command([str(L2L_TRAIN), "run", *p], log)
+    checkpoint = paths.folder / "models" / "latest.pt"
+    scores = {}
+    # Without SESM the model ignores its prior input: a teacher-prior score would repeat "none".
+    priors = ["none", "teacher"] if setup.teacher_eval and row.sesm else ["none"]
+    eval_s = 0.0
+    last = last_epoch(checkpoint)
+    for prior in priors:
+        out = paths.folder / f"eval_{prior}.json"
+        # The last epoch's validation scored this checkpoint with no prior already.
+        splits = ["test"] if prior == "none" else ["val", "test"]
+        command = [str(L2L_TRAIN), "eval", *p, "--checkpoint", str(checkpoint), "--prior", prior]
+        for split in splits:
+            command += ["--split", split]
+        eval_s += run_command([*command, "--out", str(out)], log)
+        scores[prior] = json.loads(out.read_text())["splits"]
+    scores["none"]["val"] = {"oIoU": last["val/oIoU"], "mIoU": last["val/mIoU"]}
+    result = {
+        "row": row.name,
+        "seed": seed,
+        "eval": {
+            prior: {split: {m: s[m] for m in ("oIoU", "mIoU")} for split, s in by_split.items()}
+            for prior, by_split in scores.items()
+        },
+        "train": {key: last.get(name) for key, name in TRAIN_KEYS.items()},
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "budget": asdict(setup.budget),
+    }
+    paths.result.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def summarize(row: Row, results: list[dict]) -> dict[str, Any]:
+    """Mean and std over seeds of every figure of a row."""
+    figures: dict[str, list[float | None]] = {}
+    for result in results:
+        for prior, by_split in result["eval"].items():
+            for split, metrics in by_split.items():
+                for metric, value in metrics.items():
+                    figures.setdefault(f"{split}_{metric}_{prior}", []).append(value)
+        for key, value in result["train"].items():
+            figures.setdefault(key, []).append(value)
+        figures.setdefault("wall_s", []).append(result["train_s"] + result["eval_s"])
+    return {
+        "row": row.name,
+        "label": row.label,
+        "seeds": [r["seed"] for r in results],
+        "paper_val_oIoU": PAPER_VAL_OIOU.get(row.name),
+        **{name: mean_std(values) for name, values in figures.items()},
+    }
+
+
+def cell(stat: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if stat is None:
+        return "–"
+    mean, std = stat
+    text = f"{mean * scale:.{digits}f}"
+    return text + (f" ± {std * scale:.{digits}f}" if std else "")
+
+
+COLUMNS = (
+    ("val oIoU", "val_oIoU_none", 100.0),
+    ("val mIoU", "val_mIoU_none", 100.0),
+    ("test oIoU", "test_oIoU_none", 100.0),
+    ("test mIoU", "test_mIoU_none", 100.0),
+    ("val oIoU (teacher prior)", "val_oIoU_teacher", 100.0),
+    ("raw prior IoU", "raw_prior_iou", 100.0),
+    ("fused prior IoU", "fused_prior_iou", 100.0),
+    ("pseudo acc.", "pseudo_accuracy", 100.0),
+    ("coverage", "coverage", 100.0),
+    ("tau_fg / tau_bg", None, 1.0),
+    ("wall s", "wall_s", 1.0),
+)
+
+
+def markdown_table(summaries: list[dict]) -> str:
+    header = ["row", "paper val oIoU", *(name for name, _, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summaries:
+        cells = [s["label"], f"{s['paper_val_oIoU']:.2f}" if s["paper_val_oIoU"] else "–"]
+        for _, key, scale in COLUMNS:
+            if key is None:
+                fg, bg = s.get("tau_fg"), s.get("tau_bg")
+                cells.append(f"{fg[0]:.2f} / {bg[0]:.2f}" if fg and bg else "–")
+            else:
+                cells.append(cell(s.get(key), scale, 0 if key == "wall_s" else 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds per row (train.seed 22, 23, ...)"
+    )
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size-x", type=int, default=8)
+    parser.add_argument("--batch-size-u", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--bg-weight", type=float, default=1.0)
+    parser.add_argument("--fg-weight", type=float, default=4.0)
+    parser.add_argument("--work", type=Path, default=WORK, help="run folders (params, logs)")
+    parser.add_argument(
+        "--priors",
+        type=Path,
+        default=ROOT / "data" / "priors",
+        help="prior store, read only (--teacher-eval needs val/test priors in it: generate "
+        "them into a copy with `l2l-priors generate --split val`)",
+    )
+    parser.add_argument(
+        "--rows", default=",".join(r.name for r in ROWS), help="comma-separated row names"
+    )
+    parser.add_argument(
+        "--teacher-eval",
+        action="store_true",
+        help="also score the SESM rows with the teacher prior as input (needs val/test priors)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "ablation.json")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: tabulate the (row, seed) results already under --work",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    budget = Budget(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        image_size=args.image_size,
+        batch_size_x=args.batch_size_x,
+        batch_size_u=args.batch_size_u,
+        lr=args.lr,
+        bg_weight=args.bg_weight,
+        fg_weight=args.fg_weight,
+    )
+    wanted = args.rows.split(",")
+    unknown = set(wanted) - {r.name for r in ROWS}
+    if unknown:
+        raise SystemExit(f"--rows: unknown {sorted(unknown)}; expected {[r.name for r in ROWS]}")
+    setup = Setup(
+        work=args.work,
+        priors=args.priors,
+        budget=budget,
+        base=yaml.safe_load((ROOT / "params.yaml").read_text()),
+        teacher_eval=args.teacher_eval,
+    )
+    summaries = []
+    for row in (r for r in ROWS if r.name in wanted):
+        seeds = [22 + k for k in range(args.seeds)]
+        if args.report_only:
+            results = [finished(args.work, row, seed) for seed in seeds]
+            results = [r for r in results if r is not None]
+            if not results:
+                continue
+        else:
+            results = [run_row(setup, row, seed) for seed in seeds]
+        summaries.append(summarize(row, results))
+        write_outputs(args.out, budget, summaries)
+        print(f"{row.name}: done", flush=True)
+    print(markdown_table(summaries))
+
+
+def write_outputs(out: Path, budget: Budget, summaries: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "ablation",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "budget": asdict(budget),
+        "paper": {"val_oIoU": PAPER_VAL_OIOU, "figure9": PAPER_FIG9},
+        "rows": summaries,
+    }
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown_table(summaries) + "\n")
+
+
+if __name__ == "__main__":
+    main()
