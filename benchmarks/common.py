@@ -276,10 +276,7 @@ def synthetic_workspace(root: Path, overrides: Mapping[str, Any]) -> Path:
     ``root``. Returns the written ``root/params.yaml``.
     """
     from pipeline.config import load_pipeline_config
-    from pipeline.datasets.manifest import read_manifest, write_manifest
-    from pipeline.datasets.synthetic import build_synthetic
-    from pipeline.generate import generate
-    from pipeline.split import partition, write_partition
+    from pipeline.offline import run_offline_stages
 
     inside = {
         "data": {"synthetic": {"dir": str(root / "synthetic")}},
@@ -292,12 +289,7 @@ def synthetic_workspace(root: Path, overrides: Mapping[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    cfg = load_pipeline_config(path)
-    prepared = build_synthetic(cfg.data.synthetic)
-    write_manifest(prepared.samples, cfg.paths.samples, prepared.image_root)
-    write_partition(partition(read_manifest(cfg.paths.samples), cfg.split), cfg.paths.partition)
-    for split in cfg.priors.splits:
-        generate(cfg, split)
+    run_offline_stages(load_pipeline_config(path))
     return path
 
 

@@ -98,24 +98,21 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     unreadable images, empty expressions and empty masks are skipped, each logged with its reason.
     """
     from pipeline.datasets.manifest import split_counts, write_manifest, write_prepare_report
+    from pipeline.offline import prepare_dataset
 
     cfg = _load(params)
-    if cfg.data.dataset == "synthetic":
-        from pipeline.datasets.synthetic import build_synthetic
-
-        syn = cfg.data.synthetic
-        total = syn.train_images + syn.val_images + syn.test_images
-        with progress_bar("generating scenes", total, "images") as (bar, task):
-            prepared = build_synthetic(syn, progress=lambda: bar.advance(task))
-    else:
-        from pipeline.datasets.refcoco import build_refcoco
-
-        with progress_bar(f"checking {cfg.data.dataset} images", None, "images") as (bar, task):
-            try:
-                prepared = build_refcoco(cfg.data, progress=lambda: bar.advance(task))
-            except (FileNotFoundError, ValueError) as err:
-                console.print(f"[red]cannot read {cfg.data.dataset}:[/red] {err}")
-                raise typer.Exit(1) from None
+    syn = cfg.data.synthetic
+    total = (
+        syn.train_images + syn.val_images + syn.test_images
+        if cfg.data.dataset == "synthetic"
+        else None
+    )
+    with progress_bar(f"preparing {cfg.data.dataset}", total, "images") as (bar, task):
+        try:
+            prepared = prepare_dataset(cfg, progress=lambda: bar.advance(task))
+        except (FileNotFoundError, ValueError) as err:
+            console.print(f"[red]cannot read {cfg.data.dataset}:[/red] {err}")
+            raise typer.Exit(1) from None
     for item, reason in prepared.skipped:
         log.warning("skipped %s: %s", item, reason)
     write_manifest(prepared.samples, cfg.paths.samples, prepared.image_root)

@@ -15,10 +15,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import load_pipeline_config
-from pipeline.datasets.manifest import read_manifest, write_manifest
-from pipeline.datasets.synthetic import build_synthetic
-from pipeline.generate import generate
-from pipeline.split import partition, write_partition
+from pipeline.offline import run_offline_stages
 
 IMAGE_SIZE = 64
 MAX_TOKENS = 12
@@ -90,12 +87,7 @@ def build_workspace(root: Path, train_images: int = 16) -> Path:
         "eval": {"batch_size": 8, "splits": ["val"]},
     }
     path = write_params(root, params)
-    cfg = load_pipeline_config(path)
-    prepared = build_synthetic(cfg.data.synthetic)
-    write_manifest(prepared.samples, cfg.paths.samples, prepared.image_root)
-    write_partition(partition(read_manifest(cfg.paths.samples), cfg.split), cfg.paths.partition)
-    for split in cfg.priors.splits:
-        generate(cfg, split)
+    run_offline_stages(load_pipeline_config(path))
     return path
 
 
