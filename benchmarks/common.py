@@ -53,12 +53,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def describe_machine(device: torch.device) -> dict[str, Any]:
     """Device name, torch version, threads, CPU count and the load average over 1, 5 and 15
     minutes (a shared machine's other work slows every figure), for every result file."""
     info: dict[str, Any] = {
         "device": device.type,
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
