@@ -9,7 +9,6 @@ Prints a table and writes ``benchmarks/results/model_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import write_result
 
 from l2l_train.config import ModelConfig
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer, count_parameters
@@ -128,10 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.batch, args.size, args.steps, args.warmup)
     print_table(result)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(RESULT)
+    write_result(RESULT, result)
 
 
 if __name__ == "__main__":

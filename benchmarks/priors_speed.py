@@ -19,7 +19,6 @@ Prints a table and writes ``benchmarks/results/priors_speed.json`` (``--full``:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import write_result
 
 from pipeline.config import SAM2Config, SimulatedTeacherConfig, SyntheticConfig
 from pipeline.datasets.manifest import decode_mask, load_rgb
@@ -210,11 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.images, args.per_image, args.repeats, args.full)
     print_table(result)
-    path = RESULTS / ("priors_speed_full.json" if args.full else "priors_speed.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    write_result(RESULTS / ("priors_speed_full.json" if args.full else "priors_speed.json"), result)
 
 
 if __name__ == "__main__":
