@@ -39,6 +39,13 @@ log = logging.getLogger("l2l")
 ParamsOption = Annotated[
     Path, typer.Option("--params", "-p", help="params.yaml to read (every tunable lives there).")
 ]
+PriorSplitOption = Annotated[
+    str | None,
+    typer.Option(
+        help="labeled / unlabeled (partition roles), train, or an eval split (val, test, "
+        "testA, ...). Default: every split in priors.splits."
+    ),
+]
 
 
 def _load(params: Path) -> PipelineConfig:
@@ -170,13 +177,7 @@ def show(
 
 @app.command()
 def generate(
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="labeled / unlabeled (partition roles), train, or an eval split (val, test, "
-            "testA, ...). Default: every split in priors.splits."
-        ),
-    ] = None,
+    split: PriorSplitOption = None,
     params: ParamsOption = Path("params.yaml"),
     limit: Annotated[
         int | None, typer.Option(help="Consider only the first N pairs of the split.")
@@ -239,13 +240,7 @@ def generate(
 
 @app.command()
 def report(
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="labeled / unlabeled, train, or an eval split (val, test, ...). "
-            "Default: every split in priors.splits."
-        ),
-    ] = None,
+    split: PriorSplitOption = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Prior quality of priors.teacher on a split's pairs with ground truth.
