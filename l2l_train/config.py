@@ -181,8 +181,11 @@ class LossConfig:
     """``L = L_sup + lambda_u * (L_ce + lambda_dice * L_dice)`` (paper eq. 22; its lambda
     values were lost in the text extraction)."""
 
-    bg_weight: float = bounded(0.9, 0.0, lo_open=True)  # supervised CE class weights
-    fg_weight: float = bounded(1.1, 0.0, lo_open=True)
+    # Supervised CE class weights. The paper's 0.9 / 1.1 suit RefCOCO (targets ~15-20 % of the
+    # pixels); the synthetic targets cover ~4 %, and at 0.9 / 1.1 a random-init model settles
+    # on all-background (val oIoU 0.005 -> 0.000 over 500 steps, vs 0.237 at 1.0 / 4.0).
+    bg_weight: float = bounded(1.0, 0.0, lo_open=True)
+    fg_weight: float = bounded(4.0, 0.0, lo_open=True)
     lambda_u: float = bounded(1.0, 0.0)
     lambda_dice: float = bounded(0.5, 0.0)
 
