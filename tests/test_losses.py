@@ -42,8 +42,11 @@ def test_weighted_ce_class_weights_and_ignore():
 
 def test_supervised_loss_uses_the_configured_weights():
     logits, labels = _logits([LN3, LN3]), _labels([1, 0])
+    paper = LossConfig(bg_weight=0.9, fg_weight=1.1)
+    assert supervised_loss(logits, labels.long(), paper).item() == pytest.approx(0.782058, abs=1e-5)
+    # default 1.0 / 4.0: (4.0*0.287682 + 1.0*1.386294) / 5.0 = 0.507404
     assert supervised_loss(logits, labels.long(), LossConfig()).item() == pytest.approx(
-        0.782058, abs=1e-5
+        0.507404, abs=1e-5
     )
 
 
