@@ -61,7 +61,6 @@ from common import (
     synthetic_workspace,
     write_result,
 )
-from torch import Tensor
 
 from l2l_train.augment import strong_expressions
 from l2l_train.config import TrainerParams, load_trainer_params
@@ -73,7 +72,7 @@ from l2l_train.data import (
     split_eval_only,
     train_loader,
 )
-from l2l_train.loop import Trainer, plan_method, start_runtime
+from l2l_train.loop import Trainer, plan_method, start_runtime, to_device
 from l2l_train.model import build_segmentor, build_tokenizer, count_parameters
 from l2l_train.model.segmentor import paper_size_config
 from pipeline.config import to_dict
@@ -187,13 +186,6 @@ def build_setup(params: TrainerParams, *, random_init: bool, total_steps: int) -
         LabeledPairs(source_x, cfg.seed, cfg.augment),
         UnlabeledPairs(source_u, cfg.seed, cfg.augment),
     )
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch's tensors on ``device`` (asynchronous from pinned memory)."""
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
-    }
 
 
 def train_step(trainer: Trainer, batch_x: dict[str, Any], batch_u: dict[str, Any] | None) -> None:

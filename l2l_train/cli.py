@@ -197,6 +197,29 @@ def evaluate(
 
 
 @app.command()
+def figures(
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the PNGs (default: paths.metrics/figures)."),
+    ] = None,
+) -> None:
+    """Draw a trained run's pictures: figure 1 (teacher vs model confidence per unlabelled
+    pair), figure 9 (pseudo supervision per epoch), an example grid (weak view, teacher prior,
+    fused prior, pseudo-label, prediction, ground truth) and confidence maps. Settings:
+    the figures section of params.yaml."""
+    from l2l_train.figures import render_figures
+
+    cfg = _load(params)
+    try:
+        written = render_figures(cfg, out)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(err) from None
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+@app.command()
 def predict(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `l2l-train run`.")],
     image: Annotated[Path, typer.Option(help="Image file.")],

@@ -307,12 +307,23 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FiguresConfig:
+    """``l2l-train figures``: pictures of a trained run (``l2l_train.figures``)."""
+
+    checkpoint: Literal["best", "latest"] = "best"  # which of paths.models to draw
+    pairs: int = bounded(512, 1)  # unlabelled pairs in the figure-1 confidence scatter
+    examples: int = bounded(6, 1, 32)  # rows of the unlabelled example grid
+    confidence_maps: int = bounded(8, 1, 64)  # validation pairs with confidence maps
+
+
+@dataclass(frozen=True)
 class TrainerParams(PipelineConfig):
     """The whole ``params.yaml`` as the trainer sees it: the pipeline's sections and its own."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    figures: FiguresConfig = field(default_factory=FiguresConfig)
 
 
 def load_trainer_params(path: str | Path = "params.yaml") -> TrainerParams:

@@ -279,7 +279,8 @@ class StepResult(NamedTuple):
     targets: UnlabeledTargets | None
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (asynchronous from pinned memory)."""
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
     }
@@ -320,9 +321,10 @@ class Trainer:
 
     @torch.no_grad()
     def weak_targets(
-        self, batch_u: dict[str, Any]
+        self, batch_u: dict[str, Any], explore: bool = True
     ) -> tuple[UnlabeledTargets, Tensor | None, Tensor]:
-        """The weak pass, ``q_hat`` and the pseudo-labels of this rank's unlabelled batch.
+        """The weak pass, ``q_hat`` and the pseudo-labels of this rank's unlabelled batch
+        (``explore``: the agent adds its exploration noise, as in training).
 
         Returns: the targets; the agent's states of *every* rank's samples (None without
         RPLE) and the thresholds it chose for all of them, both (world * B, ...), for
@@ -345,13 +347,15 @@ class Trainer:
             q_hat = fixed_fusion(p_w, q, present)
         else:
             q_hat = p_w
-        states, thresholds_all = self.choose_thresholds(q_hat, agree)
+        states, thresholds_all = self.choose_thresholds(q_hat, agree, explore)
         thresholds = own_rows(thresholds_all, self.rt)
         pseudo = pseudo_labels(q_hat, thresholds, self.cfg.agent.ignore_band)
         targets = UnlabeledTargets(q, present, q_hat, agree, thresholds, pseudo)
         return targets, states, thresholds_all
 
-    def choose_thresholds(self, q_hat: Tensor, agree: Tensor) -> tuple[Tensor | None, Tensor]:
+    def choose_thresholds(
+        self, q_hat: Tensor, agree: Tensor, explore: bool = True
+    ) -> tuple[Tensor | None, Tensor]:
         """(states, thresholds) for every rank's samples, (world * B, 6) and (world * B, 2).
         The agent acts on the gathered states, so each rank draws the same noise for the
         same sample and the agents stay in step."""
@@ -359,7 +363,7 @@ class Trainer:
             batch = q_hat.shape[0] * self.rt.world
             return None, static_thresholds(batch, self.cfg.tau_fg, self.cfg.tau_bg, q_hat.device)
         states = gather_rows(self.agent.make_state(q_hat, agree), self.rt)
-        return states, self.agent.act(states, explore=True)
+        return states, self.agent.act(states, explore=explore)
 
     def prior_keep(self, batch: int) -> Tensor:
         """(batch,) bool: which priors survive prior dropout."""
@@ -870,10 +874,10 @@ class Run:
     def _step(self, iter_x: Iterator[dict], iter_u: Iterator[dict] | None) -> float:
         """Fetch this rank's batches, train one step, count it; returns the step's loss."""
         cfg, rt, progress = self.cfg, self.rt, self.progress
-        batch_x = _to(next(iter_x), rt.device)
+        batch_x = to_device(next(iter_x), rt.device)
         batch_u = eval_u = None
         if iter_u is not None:
-            batch_u, eval_u = split_eval_only(_to(next(iter_u), rt.device))
+            batch_u, eval_u = split_eval_only(to_device(next(iter_u), rt.device))
             progress.visits_u += cfg.batch_size_u * rt.world
         result = self.trainer.step(batch_x, batch_u)
         self.stats.add(result, eval_u)

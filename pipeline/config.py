@@ -411,7 +411,7 @@ class PriorsConfig:
 
 
 # The trainer's top-level sections: validated by l2l_train.config, skipped by the pipeline.
-TRAINER_SECTIONS = ("model", "train", "eval")
+TRAINER_SECTIONS = ("model", "train", "eval", "figures")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from l2l_train.figures import FIGURES
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -45,6 +47,12 @@ def stages_run(output: str) -> list[str]:
 def repro(cwd: Path) -> list[str]:
     """Run `dvc repro`; the stages it ran."""
     return stages_run(sh(str(BIN / "dvc"), "repro", cwd=cwd))
+
+
+def assert_reran(ran: list[str], *upstream: str) -> None:
+    """``ran`` is ``upstream``, then train, then its two consumers in either order."""
+    head = [*upstream, "train"]
+    assert ran[: len(head)] == head and sorted(ran[len(head) :]) == ["evaluate", "figures"], ran
 
 
 def set_param(cwd: Path, dotted: str, value) -> None:
@@ -95,26 +103,28 @@ def workspace(tmp_path) -> Path:
 
 @pytest.mark.slow
 def test_stages_rerun_only_on_their_own_inputs_and_experiments_compare(workspace):
-    assert repro(workspace) == ["prepare", "split", "priors", "train", "evaluate"]
+    assert_reran(repro(workspace), "prepare", "split", "priors")
     assert repro(workspace) == []
     assert json.loads((workspace / "data/metrics/eval.json").read_text())
+    figures = sorted(p.name for p in (workspace / "data/metrics/figures").glob("*.png"))
+    assert figures == sorted(FIGURES.values())
 
     # A training param: only training and evaluation rerun (the teacher is not paid again).
     set_param(workspace, "train.lr", 0.002)
-    assert repro(workspace) == ["train", "evaluate"]
+    assert_reran(repro(workspace))
     before = unlabeled_pairs(workspace)
     assert stored_pairs(workspace) == len(before)
 
     # Fewer labels: more unlabelled pairs; the store computes only those not yet stored.
     set_param(workspace, "split.labeled_ratio", 0.1)
-    assert repro(workspace) == ["split", "priors", "train", "evaluate"]
+    assert_reran(repro(workspace), "split", "priors")
     after = unlabeled_pairs(workspace)
     assert len(after - before) > 0
     assert stored_pairs(workspace) == len(before) + len(after - before)  # no pair twice
 
     # A new teacher config: new keys for every unlabelled pair, beside the old ones.
     set_param(workspace, "priors.simulated.seed", 1)
-    assert repro(workspace) == ["priors", "train", "evaluate"]
+    assert_reran(repro(workspace), "priors")
     assert stored_pairs(workspace) == len(before | after) + len(after)
 
     # An experiment with another method reruns only training and evaluation, and
@@ -122,7 +132,7 @@ def test_stages_rerun_only_on_their_own_inputs_and_experiments_compare(workspace
     sh("git", "add", "-A", cwd=workspace)
     sh("git", "commit", "-qm", "baseline run", cwd=workspace)
     out = sh(str(BIN / "dvc"), "exp", "run", "-S", "train.method=supervised", cwd=workspace)
-    assert stages_run(out) == ["train", "evaluate"]
+    assert_reran(stages_run(out))
     rows = json.loads(sh(str(BIN / "dvc"), "exp", "show", "--json", cwd=workspace))
     runs = [exp for row in rows for exp in [row, *(row.get("experiments") or [])]]
     methods = set()

@@ -63,6 +63,48 @@ def test_eval_writes_metrics_per_split_and_prior_mode(trained):
 
 
 @pytest.mark.slow
+def test_figures_draws_every_picture_of_an_l2l_run(trained, tmp_path):
+    from l2l_train.checkpoint import load_checkpoint
+    from l2l_train.figures import FIGURES, QUALITY_CURVES
+
+    text = invoke("figures", "--params", trained, "--out", tmp_path)
+    assert text.count("wrote ") == len(FIGURES)
+    for name in FIGURES.values():
+        with Image.open(tmp_path / name) as picture:
+            assert picture.format == "PNG" and min(picture.size) > 100
+    # figure 9 draws every curve the run logged
+    history = load_checkpoint(models(trained) / "latest.pt")["progress"]["history"]
+    assert {key for key, _ in QUALITY_CURVES} <= set(history[-1])
+
+
+@pytest.mark.slow
+def test_figures_of_a_supervised_run_skip_the_teacher_pictures(trained, tmp_path):
+    from l2l_train.figures import FIGURES
+
+    params = params_dict(trained)
+    supervised = write_params(
+        tmp_path,
+        params,
+        train={"method": "supervised"},
+        paths={"models": str(tmp_path / "models"), "metrics": str(tmp_path / "metrics")},
+    )
+    invoke("run", "--params", supervised)
+    out = tmp_path / "metrics" / "figures"
+    (out / FIGURES["examples"]).parent.mkdir(parents=True)
+    (out / FIGURES["examples"]).write_bytes(b"stale")  # from an earlier l2l run
+    invoke("figures", "--params", supervised)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [FIGURES["quality"], FIGURES["confidence"]]
+    )
+
+
+def test_figures_without_a_run_names_the_missing_checkpoint(tmp_path):
+    params = write_params(tmp_path, {"paths": {"models": str(tmp_path / "models")}})
+    text = invoke("figures", "--params", params, code=1)
+    assert f"checkpoint not found: {tmp_path / 'models' / 'best.pt'}" in text
+
+
+@pytest.mark.slow
 def test_predict_writes_mask_and_overlay(trained, tmp_path):
     samples = Path(params_dict(trained)["paths"]["manifests"]) / "samples.parquet"
     row = read_manifest(samples).slice(0, 1).to_pylist()[0]
