@@ -178,6 +178,8 @@ def draw_confidence_scatter(views: UnlabeledViews, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     keep = views.prior_present & views.has_gt
+    if not keep.any():
+        raise ValueError("figure 1: no unlabelled pair drawn has both a prior and a ground truth")
     prior_conf = pair_confidence(views.prior[keep]).numpy()
     model_conf = pair_confidence(views.model[keep]).numpy()
     gap = (
@@ -188,10 +190,14 @@ def draw_confidence_scatter(views: UnlabeledViews, path: Path) -> Path:
     points = axes.scatter(
         prior_conf, model_conf, c=gap, cmap="coolwarm", vmin=-1, vmax=1, s=10, alpha=0.8
     )
-    axes.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    # One range for both axes, so the diagonal (equal confidence) stays at 45 degrees; it
+    # starts near the lowest point because small targets leave most pixels confidently
+    # background, which pushes every pair's confidence towards 1.
+    low = max(0.0, float(min(prior_conf.min(), model_conf.min(), 1.0)) - 0.05)
+    axes.plot([low, 1], [low, 1], color="grey", lw=0.8, ls="--")
     axes.set(
-        xlim=(0, 1),
-        ylim=(0, 1),
+        xlim=(low, 1),
+        ylim=(low, 1),
         xlabel="teacher prior confidence",
         ylabel="model confidence (no prior input)",
         title=f"Per-pair confidence, {len(prior_conf)} unlabelled pairs",

@@ -25,4 +25,3 @@ def test_iou_against_binarises_at_one_half():
 def test_pseudo_label_image_shows_ignored_pixels_grey():
     labels = torch.tensor([[1, 0], [IGNORE_INDEX, 1]], dtype=torch.uint8)
     assert np.array_equal(pseudo_label_image(labels), [[1.0, 0.0], [0.5, 1.0]])
-

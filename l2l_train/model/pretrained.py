@@ -7,6 +7,7 @@ initialised weights behind a warning (SAM2's ``_load_checkpoint`` habit).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ def local_model_folder(path: str | Path, what: str) -> Path:
     return folder
 
 
+def _drop_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in record.getMessage()
+
+
 def from_pretrained_strict(
     model_cls: Any, folder: Path, unused_prefixes: tuple[str, ...] = (), **kwargs: Any
 ) -> Any:
@@ -30,9 +35,17 @@ def from_pretrained_strict(
     head, a pooler): they may be present and unused; every other unexpected, missing or
     wrongly shaped key raises ``ValueError``.
     """
-    model, info = model_cls.from_pretrained(
-        folder, local_files_only=True, output_loading_info=True, **kwargs
-    )
+    # transformers logs a "LOAD REPORT" warning on every load that lists the keys dropped on
+    # purpose; the check below reports every key that matters, by raising. (A filter rather
+    # than a level: raising that logger's level switches on other warnings.)
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_logger.addFilter(_drop_load_report)
+    try:
+        model, info = model_cls.from_pretrained(
+            folder, local_files_only=True, output_loading_info=True, **kwargs
+        )
+    finally:
+        report_logger.removeFilter(_drop_load_report)
     problems = {
         "missing": sorted(info["missing_keys"]),
         "unexpected": sorted(
