@@ -249,10 +249,16 @@ def sentence_embedder(
     text: nn.Module, tokenizer: TextTokenizer, device: torch.device
 ) -> Callable[[Sequence[str]], Tensor]:
     """Texts -> mean-pooled word features of the model's text encoder, (N, D): the sentence
-    embedding MiniLM was trained for, used to filter EDA candidates by cosine similarity."""
+    embedding MiniLM was trained for, used to filter EDA candidates by cosine similarity.
+
+    The padding columns past the longest text are cut first: masked out, they change no
+    embedding, and short expressions padded to ``max_tokens`` would cost several times the
+    encoder passes (this filter encodes ``text_candidates + 1`` texts per unlabelled pair)."""
 
     def embed(texts: Sequence[str]) -> Tensor:
         input_ids, attention_mask = tokenizer(texts)
+        length = int(attention_mask.sum(1).max())
+        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         words, word_mask = text(input_ids.to(device), attention_mask.to(device))  # (N, T, D)
         weight = word_mask.unsqueeze(-1).to(words.dtype)
         return (words * weight).sum(1) / weight.sum(1).clamp_min(1.0)
