@@ -426,17 +426,19 @@ def main(argv: list[str] | None = None) -> None:
         else:
             results = [run_row(setup, row, seed) for seed in seeds]
         summaries.append(summarize(row, results))
-        write_outputs(args.out, budget, summaries)
+        data = str(args.data) if args.data else {"synthetic": args.synthetic}
+        write_outputs(args.out, budget, data, summaries)
         print(f"{row.name}: done", flush=True)
     print(markdown_table(summaries))
 
 
-def write_outputs(out: Path, budget: Budget, summaries: list[dict]) -> None:
+def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "ablation",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
         "budget": asdict(budget),
+        "data": data,  # the data folder, or the benchmark dataset's data.synthetic keys
         "paper": {"val_oIoU": PAPER_VAL_OIOU, "figure9": PAPER_FIG9},
         "rows": summaries,
     }
