@@ -17,7 +17,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,18 +28,13 @@ from rich.progress import (
 from rich.table import Table
 
 from l2l_train.config import TrainerParams, load_trainer_params
-from pipeline.config import ConfigError
+from pipeline.cli_support import ParamsOption, console, fail, load_params, setup_logging
 
 app = typer.Typer(
     help="L2L trainer: semi-supervised referring segmentation with teacher priors (SPM, SESM, RPLE).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-
-ParamsOption = Annotated[
-    Path, typer.Option("--params", "-p", help="params.yaml to read (every tunable lives there).")
-]
 
 
 def _is_main_rank() -> bool:
@@ -48,21 +42,8 @@ def _is_main_rank() -> bool:
 
 
 def _load(params: Path) -> TrainerParams:
-    logging.basicConfig(
-        level=logging.INFO if _is_main_rank() else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-    try:
-        return load_trainer_params(params)
-    except ConfigError as err:
-        raise _fail(f"invalid params: {err}", 2) from None
-
-
-def _fail(message: str | Exception, code: int = 1) -> typer.Exit:
-    """Print ``message`` (as plain text: messages hold brackets) and return the exit to raise."""
-    console.print(str(message), style="red", markup=False)
-    return typer.Exit(code)
+    setup_logging(logging.INFO if _is_main_rank() else logging.WARNING)
+    return load_params(params, load_trainer_params)
 
 
 def _print_table(title: str, rows: list[tuple[str, object]]) -> None:
@@ -129,9 +110,9 @@ def run(
                 cfg, restart=restart, restart_if_stale=restart_if_stale, on_step=on_step
             )
         except ConfigMismatchError as err:
-            raise _fail(err, 2) from None
+            raise fail(err, 2) from None
         except (FileNotFoundError, ValueError) as err:
-            raise _fail(err) from None
+            raise fail(err) from None
     if not _is_main_rank():
         return
     rows = [
@@ -175,13 +156,13 @@ def evaluate(
     checkpoint = checkpoint or Path(cfg.paths.models) / "best.pt"
     prior = prior or cfg.eval.prior
     if prior not in ("none", "teacher"):
-        raise _fail(f"--prior: expected none or teacher, got {prior!r}", 2)
+        raise fail(f"--prior: expected none or teacher, got {prior!r}", 2)
     if not checkpoint.is_file():
-        raise _fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
+        raise fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
     try:
         result = run_eval(cfg, checkpoint, tuple(split or cfg.eval.splits), prior)
     except (FileNotFoundError, ValueError) as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     out = out or Path(cfg.paths.metrics) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -214,7 +195,7 @@ def figures(
     try:
         written = render_figures(cfg, out)
     except (FileNotFoundError, ValueError) as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     for path in written:
         console.print(f"wrote {path}")
 
@@ -239,17 +220,15 @@ def predict(
     from l2l_train.predict import overlay as overlay_image
     from pipeline.datasets.manifest import load_rgb
 
-    logging.basicConfig(
-        level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)]
-    )
+    setup_logging(logging.WARNING)
     if device not in ("auto", "cpu", "cuda"):
-        raise _fail(f"--device: expected auto, cpu or cuda, got {device!r}", 2)
+        raise fail(f"--device: expected auto, cpu or cuda, got {device!r}", 2)
     if not checkpoint.is_file():
-        raise _fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
+        raise fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
     try:
         picture = load_rgb(image)
     except OSError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     predictor = Predictor(checkpoint, resolve_device(device))
     mask = predictor.probability(picture, text) >= threshold
     out.parent.mkdir(parents=True, exist_ok=True)

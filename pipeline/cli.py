@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,19 +25,16 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.config import ConfigError, PipelineConfig, load_pipeline_config
+from pipeline.cli_support import ParamsOption, console, fail, load_params, setup_logging
+from pipeline.config import PipelineConfig, load_pipeline_config
 
 app = typer.Typer(
     help="L2L offline pipeline: prepare datasets, split labelled/unlabelled, generate teacher priors.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 log = logging.getLogger("l2l")
 
-ParamsOption = Annotated[
-    Path, typer.Option("--params", "-p", help="params.yaml to read (every tunable lives there).")
-]
 PriorSplitOption = Annotated[
     str | None,
     typer.Option(
@@ -49,16 +45,8 @@ PriorSplitOption = Annotated[
 
 
 def _load(params: Path) -> PipelineConfig:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-    try:
-        return load_pipeline_config(params)
-    except ConfigError as err:
-        console.print(f"[red]invalid params:[/red] {err}")
-        raise typer.Exit(2) from None
+    setup_logging()
+    return load_params(params, load_pipeline_config)
 
 
 class RateColumn(ProgressColumn):
@@ -118,8 +106,7 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
         try:
             prepared = prepare_dataset(cfg, progress=lambda: bar.advance(task))
         except (FileNotFoundError, ValueError) as err:
-            console.print(f"[red]cannot read {cfg.data.dataset}:[/red] {err}")
-            raise typer.Exit(1) from None
+            raise fail(f"cannot read {cfg.data.dataset}: {err}") from None
     for item, reason in prepared.skipped:
         log.warning("skipped %s: %s", item, reason)
     write_manifest(prepared.samples, cfg.paths.samples, prepared.image_root)
@@ -170,8 +157,7 @@ def show(
     try:
         render_sample(cfg, sample_id, out)
     except KeyError as err:
-        console.print(f"[red]{err.args[0]}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(err.args[0]) from None
     console.print(f"wrote {out}")
 
 
@@ -208,8 +194,7 @@ def generate(
     try:
         worker = Shard.parse(shard)
     except ValueError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(2) from None
+        raise fail(err, 2) from None
     for name in [split] if split else cfg.priors.splits:
         with progress_bar(f"priors {name} [{cfg.priors.teacher}]", None, "pairs") as (bar, task):
             try:
@@ -223,8 +208,7 @@ def generate(
                     on_pairs=lambda k: bar.advance(task, k),
                 )
             except (FileNotFoundError, ValueError) as err:
-                console.print(f"[red]{err}[/red]")
-                raise typer.Exit(1) from None
+                raise fail(err) from None
         rows = [
             ["pairs in shard", summary.pairs],
             ["already stored", summary.skipped],
@@ -258,8 +242,7 @@ def report(
         try:
             result = prior_quality(cfg, name)
         except (FileNotFoundError, ValueError) as err:
-            console.print(f"[red]{err}[/red]")
-            raise typer.Exit(1) from None
+            raise fail(err) from None
         paths = write_report(result, cfg.paths.metrics)
         rows = [
             ["pairs with ground truth", result["pairs"]],
@@ -315,8 +298,7 @@ def import_priors(
                 on_pairs=lambda k: bar.advance(task, k),
             )
         except (FileNotFoundError, ValueError) as err:
-            console.print(f"[red]{err}[/red]")
-            raise typer.Exit(1) from None
+            raise fail(err) from None
     _print_table(
         f"import-priors --split {split} -> {cfg.paths.priors} "
         f"(imported/{cfg.priors.imported.name}, {summary.teacher_hash})",

@@ -92,3 +92,6 @@ def test_bad_params_and_unknown_sample_exit_nonzero(synthetic_params, tmp_path):
     invoke("prepare", "--params", str(synthetic_params))
     result = runner.invoke(app, ["show", "nope/1/2/3", "--params", str(synthetic_params)])
     assert result.exit_code == 1 and "nope/1/2/3" in result.output
+    # brackets in a message are printed as they are, not read as rich markup
+    result = runner.invoke(app, ["show", "nope/[bold]/2", "--params", str(synthetic_params)])
+    assert result.exit_code == 1 and "nope/[bold]/2" in result.output
