@@ -244,9 +244,10 @@ def finished(work: Path, row: Row, seed: int) -> dict | None:
 
 def run_row(setup: Setup, row: Row, seed: int) -> dict:
     """Train and score one (row, seed); returns (and writes) its result."""
+    stored = finished(setup.work, row, seed)
+    if stored is not None:
+        return stored
     paths = RunPaths(setup.work / row.name / f"seed{seed}")
-    if paths.result.is_file():
-        return json.loads(paths.result.read_text())
     paths.folder.mkdir(parents=True, exist_ok=True)
     params = row_params(setup, row, seed, paths.folder)
     paths.params.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -38,7 +38,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -46,8 +45,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import synchronize, write_result
+from common import interleaved_blocks, synchronize, write_result
 
+from l2l_train.model import count_parameters
 from pipeline.config import SAM2Config, SimulatedTeacherConfig, SyntheticConfig
 from pipeline.datasets.manifest import decode_mask, load_rgb
 from pipeline.datasets.synthetic import build_synthetic
@@ -152,23 +152,12 @@ QWEN_TINY = QwenShape(
 # ----------------------------------------------------------------------------- timing
 
 
-def interleaved_seconds(
-    passes: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None]
+def timed_calls(
+    calls: dict[str, Callable[[], object]], repeats: int, device: torch.device
 ) -> dict[str, list[float]]:
-    """Wall seconds of ``repeats`` timed runs of each pass, alternating passes (order
-    reversed every other repeat) after one untimed warm-up run of each."""
-    for run in passes.values():
-        run()
-    sync()
-    seconds: dict[str, list[float]] = {name: [] for name in passes}
-    names = list(passes)
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            passes[name]()
-            sync()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+    """Seconds of ``repeats`` timed runs of each call after one untimed warm-up run each,
+    the calls alternating (:func:`common.interleaved_blocks` with blocks of one call)."""
+    return interleaved_blocks(calls, rounds=repeats, block=1, warmup=1, settle=0, device=device)
 
 
 def timing(seconds: list[float], pairs: int) -> dict:
@@ -196,10 +185,6 @@ def build_qwen(shape: QwenShape, device: torch.device, dtype: torch.dtype):
             qwen_config(shape), dtype=dtype, attn_implementation="sdpa"
         )
     return model.eval()
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def pair_inputs(config, grid_thw: tuple[int, int, int], batch: int, seed: int = 0) -> dict:
@@ -277,7 +262,7 @@ def qwen_speed(
     }
     runs = {f"batch_{b}": partial(generate_fixed, model, inputs[b], new_tokens) for b in batches}
     peaks = {name: peak_memory_gib(run, device) for name, run in runs.items()}
-    seconds = interleaved_seconds(runs, repeats, partial(synchronize, device))
+    seconds = timed_calls(runs, repeats, device)
     per_batch = {
         name: {
             "batch": batch,
@@ -293,7 +278,7 @@ def qwen_speed(
     return {
         "shape": shape.name,
         "shape_note": shape.note,
-        "params": parameter_count(model),
+        "params": count_parameters(model, trainable_only=False),
         "weights": "random",
         "dtype": str(dtype).removeprefix("torch."),
         "attention": "sdpa",
@@ -313,7 +298,8 @@ def qwen_speed(
 
 def full_qwen_params() -> int:
     """Qwen2.5-VL-7B-shaped model's parameter count, built on the meta device (no memory)."""
-    return parameter_count(build_qwen(QWEN_FULL, torch.device("meta"), torch.bfloat16))
+    model = build_qwen(QWEN_FULL, torch.device("meta"), torch.bfloat16)
+    return count_parameters(model, trainable_only=False)
 
 
 # ----------------------------------------------------------------------------- SAM2
@@ -378,18 +364,18 @@ def sam2_speed(images: int, per_image: int, repeats: int, full: bool, device: to
     with tempfile.TemporaryDirectory() as folder:
         prompts, pairs = synthetic_set(Path(folder), images, per_image, setup["image_px"])
         n_pairs = sum(len(p.boxes) for p in prompts)
-        sam2_seconds = interleaved_seconds(
+        sam2_seconds = timed_calls(
             {
                 "per_image": lambda: encode_per_image(prior, prompts),
                 "per_pair": lambda: encode_per_pair(prior, prompts),
             },
             repeats,
-            partial(synchronize, device),
+            device,
         )
         teacher = SimulatedTeacher(SimulatedTeacherConfig(), folder, SIMULATED_PRIOR_SIZE)
         # A pass takes milliseconds: more repeats steady its median at no cost.
-        simulated_seconds = interleaved_seconds(
-            {"simulated": lambda: teacher.predict(pairs)}, max(repeats, 20), lambda: None
+        simulated_seconds = timed_calls(
+            {"simulated": lambda: teacher.predict(pairs)}, max(repeats, 20), torch.device("cpu")
         )
     modes = {name: timing(s, n_pairs) for name, s in sam2_seconds.items()}
     return {

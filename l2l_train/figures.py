@@ -156,8 +156,18 @@ def unlabeled_views(trainer: Any, data_u: UnlabeledPairs, count: int) -> Unlabel
 # ----------------------------------------------------------------------------- drawing
 
 
-def _save(figure: Any, path: Path) -> Path:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> Path:
+    plt = _pyplot()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, bbox_inches="tight")
@@ -172,10 +182,7 @@ def _rgb(image: Tensor) -> np.ndarray:
 
 def draw_confidence_scatter(views: UnlabeledViews, path: Path) -> Path:
     """Figure 1 over the pairs with a prior and a ground truth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     keep = views.prior_present & views.has_gt
     if not keep.any():
@@ -208,10 +215,7 @@ def draw_confidence_scatter(views: UnlabeledViews, path: Path) -> Path:
 
 def draw_quality_curves(history: list[dict[str, float]], path: Path) -> Path:
     """Figure 9: the per-epoch curves present in ``history`` (in %)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     figure, axes = plt.subplots(figsize=(6.0, 4.0))
     epochs = [int(h["epoch"]) for h in history]
@@ -237,10 +241,7 @@ def pseudo_label_image(labels: Tensor) -> np.ndarray:
 
 def draw_examples(views: UnlabeledViews, count: int, path: Path) -> Path:
     """The example grid: one unlabelled pair per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = min(count, len(views.expressions))
     titles = (
@@ -290,10 +291,7 @@ def draw_confidence_maps(
 ) -> Path:
     """Figure 8: pairs spread evenly over ``data``, image with the expression above its
     confidence map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     picks = np.linspace(0, len(data) - 1, min(count, len(data))).round().astype(int)
     batch = collate_eval([data[int(i)] for i in picks])
@@ -348,10 +346,10 @@ def render_figures(params: TrainerParams, out_dir: str | Path | None = None) -> 
     for name in FIGURES.values():  # a method without a teacher draws fewer
         (out / name).unlink(missing_ok=True)
 
-    history = load_checkpoint(latest, map_location="cpu")["progress"]["history"]
-    written = [draw_quality_curves(history, out / FIGURES["quality"])]
     device = resolve_device(params.train.device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
+    last = ckpt if checkpoint == latest else load_checkpoint(latest, map_location="cpu")
+    written = [draw_quality_curves(last["progress"]["history"], out / FIGURES["quality"])]
     model, model_cfg, image_size = model_from_checkpoint(ckpt)
     model.to(device).eval()
     tokenizer = build_tokenizer(model_cfg.text)
