@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/ablation.py [--seeds 1] [--epochs 4] [--steps-per-epoch 250]
         [--image-size 64] [--rows supervised,full] [--teacher-eval] [--report-only]
 
-The benchmark's data is the synthetic generator with :data:`BENCHMARK_SYNTHETIC` (built
-once under ``--work/data`` with priors for every split, in about 30 s), or ``--data``. The
+The benchmark's data is the embedded default dataset (params.yaml's ``data.synthetic``, with
+``--synthetic`` overrides; built once under ``--work/data`` with priors for every split, in
+about 30 s), or ``--data``. The
 default budget is 1000 steps of 8 labelled + 8 unlabelled pairs at 64 px, validated every
 250 steps; each row records its validation curve (``val_oIoU_per_epoch``) so one can check
 that it has flattened. On two CPU cores the eight rows take about 45 minutes as two
@@ -72,15 +73,6 @@ PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (ap
     "full": 67.30,
 }
 PAPER_FIG9 = {"raw_prior_iou": 68.48, "fused_prior_iou_first": 73.19, "fused_prior_iou_last": 91.10}
-
-
-# The benchmark's dataset: the embedded synthetic generator with fewer objects (2-4) drawn
-# from all six shapes and colours, so most expressions name attributes and fewer need
-# ordinal or relational reasoning. On the default scenes (2-6 objects, 3 kinds) the small
-# random-init model learns "segment the shapes" but not the referring within a CPU budget:
-# 5 % and 100 % labels scored alike (0.228 vs 0.246 val oIoU after 450 / 750 steps); here
-# they part (0.246 vs 0.322 after 1000 steps), leaving room for the unlabelled pairs to help.
-BENCHMARK_SYNTHETIC = {"min_objects": 2, "max_objects": 4, "max_kinds": 6}
 
 
 @dataclass(frozen=True)
@@ -169,8 +161,8 @@ def manifests_folder(data: Path, full_labels: bool) -> Path:
 
 
 def benchmark_data(work: Path, synthetic: dict[str, Any]) -> Path:
-    """The data folder of a synthetic dataset with ``synthetic`` overrides, built once under
-    ``work/data`` the way ``dvc repro`` builds ``data/`` (with val and test priors too)."""
+    """The data folder of the embedded dataset with ``synthetic`` overrides, built once under
+    ``work/data`` the way ``dvc repro`` builds ``data/`` (priors for every split)."""
     from common import synthetic_workspace
 
     folder = work / "data"
@@ -179,11 +171,7 @@ def benchmark_data(work: Path, synthetic: dict[str, Any]) -> Path:
         if json.loads(built.read_text()) != synthetic:
             raise SystemExit(f"{folder} holds another dataset: remove it or pick another --work")
         return folder
-    overrides = {
-        "data": {"synthetic": synthetic},
-        "priors": {"splits": ["unlabeled", "val", "test"]},
-    }
-    synthetic_workspace(folder, overrides)
+    synthetic_workspace(folder, {"data": {"synthetic": synthetic}})
     built.write_text(json.dumps(synthetic))
     return folder
 
@@ -368,9 +356,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--synthetic",
         type=yaml.safe_load,
-        default=BENCHMARK_SYNTHETIC,
-        help="data.synthetic keys (a YAML mapping) of the benchmark's dataset, built with "
-        "priors for every split under --work/data (default: %(default)s)",
+        default={},
+        help="data.synthetic overrides (a YAML mapping) of the embedded default dataset, "
+        "built with priors for every split under --work/data (default: none)",
     )
     parser.add_argument(
         "--data",

@@ -18,13 +18,18 @@ from pipeline.config import (
 
 @dataclass(frozen=True)
 class VisualConfig:
-    """Hierarchical visual encoder (transformers Swin, four stages).
+    """Hierarchical visual encoder, four stages: transformers' Swin (``kind: swin``, what real
+    runs load) or a small ResNet of torchvision blocks (``kind: resnet``, random init only:
+    it learns the embedded data faster per CPU-second).
 
-    With ``path`` set, the architecture comes from that folder's ``config.json`` (e.g.
-    ImageNet-22k Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12) and the
-    structure fields below are ignored; ``drop_path_rate`` applies either way.
+    With ``path`` set (Swin only), the architecture comes from that folder's ``config.json``
+    (e.g. ImageNet-22k Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12) and the
+    structure fields below are ignored; ``drop_path_rate`` applies either way. ``depths`` are
+    blocks per stage for either kind; ``num_heads`` sizes the prior cross-attention (and
+    Swin's own attention); ``window_size``, ``patch_size`` and ``drop_path_rate`` are Swin's.
     """
 
+    kind: Literal["swin", "resnet"] = "swin"
     path: str | None = None  # local folder with Swin weights; None builds from the fields below
     embed_dim: int = bounded(32, 8)  # stage i has embed_dim * 2**i channels
     depths: tuple[int, ...] = (1, 1, 2, 1)
@@ -34,6 +39,8 @@ class VisualConfig:
     drop_path_rate: float = bounded(0.0, 0.0, 1.0)
 
     def __post_init__(self) -> None:
+        if self.kind == "resnet" and self.path is not None:
+            raise ConfigError("path: the resnet encoder is built from the fields, set kind: swin")
         if len(self.depths) != 4 or len(self.num_heads) != 4:
             raise ConfigError(
                 f"depths and num_heads must list 4 stages, got {self.depths} and {self.num_heads}"
@@ -151,8 +158,11 @@ class AgentConfig:
     tau_fg_max: float = bounded(0.95, 0.0, 1.0)
     tau_bg_min: float = bounded(0.05, 0.0, 1.0)
     tau_bg_max: float = bounded(0.5, 0.0, 1.0)
-    # Width in pixels (odd, 0 = none) of the ignored band centred on the foreground boundary.
-    ignore_band: int = bounded(3, 0)
+    # Width in ORIGINAL-image pixels (0 = none) of the ignored band centred on the foreground
+    # boundary. Each sample's width in the S x S training frame is this times S / max(H, W)
+    # of its original, rounded to the nearest odd integer, 0 below half a pixel
+    # (l2l_train.rple.band_in_input_frame); hence no odd requirement here.
+    ignore_band: float = bounded(3.0, 0.0)
     seed: int = 0  # the agent's own generator: exploration noise and replay sampling
 
     def __post_init__(self) -> None:
@@ -169,10 +179,6 @@ class AgentConfig:
             raise ConfigError(
                 f"tau_bg_max ({self.tau_bg_max}) must not exceed tau_fg_min "
                 f"({self.tau_fg_min}): every background threshold lies below every foreground one"
-            )
-        if self.ignore_band % 2 == 0 and self.ignore_band != 0:
-            raise ConfigError(
-                f"ignore_band must be 0 or odd (centred on the boundary), got {self.ignore_band}"
             )
 
 
@@ -241,6 +247,10 @@ class AugmentConfig:
     text_min_cosine: float = bounded(0.8, -1.0, 1.0)
     # auto: WordNet when nltk and its data are installed locally, else the built-in lexicon.
     synonyms: Literal["auto", "wordnet", "lexicon"] = "auto"
+    # Words EDA never edits, on top of augment.PROTECTED_WORDS (spatial, ordinal, relational,
+    # colour / size and category words): a dataset's own categories or attributes, matched
+    # case-insensitively as whole words; a phrase protects each of its words.
+    protected_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_ops > 0 and not self.ops:
@@ -249,6 +259,9 @@ class AugmentConfig:
         for name in ("contrast", "sharpness", "color", "brightness"):
             _check_magnitude_range(name, getattr(self, name), 0.0)
         _check_magnitude_range("posterize_bits", self.posterize_bits, 1, 8)
+        for i, entry in enumerate(self.protected_words):
+            if not entry.split():
+                raise ConfigError(f"protected_words[{i}]: expected a word, got {entry!r}")
 
 
 @dataclass(frozen=True)
@@ -284,7 +297,7 @@ class TrainConfig:
     steps_per_epoch: int | None = bounded(80, 1)
     # Probability of hiding a pair's prior from the model in the gradient-carrying forward,
     # so it stays usable without one (`eval.prior: none`).
-    prior_dropout: float = bounded(0.2, 0.0, 1.0)
+    prior_dropout: float = bounded(0.5, 0.0, 1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda:LOCAL_RANK when CUDA exists
     amp: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
     num_workers: int = bounded(1, 0, 64)  # DataLoader workers per stream (labelled, unlabelled)

@@ -153,6 +153,10 @@ class PairSource:
         self.expression: list[str] = rows["expression"].to_pylist()
         self.mask_rle: list[str | None] = rows["mask"].to_pylist()
         self.ref_id = rows["ref_id"].to_numpy()
+        # (N, 2) original (H, W): the pseudo-labels' ignore band is sized in original pixels.
+        self.original_hw = torch.from_numpy(
+            np.stack([rows[c].to_numpy() for c in ("height", "width")], axis=1).astype(np.int64)
+        )
         self.image_root = Path(image_root)
         self.image_size = image_size
         self.tokenizer = tokenizer
@@ -307,14 +311,14 @@ def _require_masks(source: PairSource, what: str) -> None:
 
 def _weak(
     source: PairSource, visits: RefVisits, visit: int, flip_prob: float
-) -> tuple[View, bool, torch.Generator]:
-    """The weak view of a visit (mask None where the pair has none), whether its prior is
-    present, and the visit's generator for any further augmentation."""
+) -> tuple[int, View, bool, torch.Generator]:
+    """The source row of a visit, its weak view (mask None where the pair has none), whether
+    its prior is present, and the visit's generator for any further augmentation."""
     row, generator = visits(visit)
     prior, present = source.prior(row)
     mask = source.mask(row) if source.has_mask(row) else None
     view = weak_view(source.image(row), mask, prior, source.expression[row], flip_prob, generator)
-    return view, present, generator
+    return row, view, present, generator
 
 
 class LabeledPairs(Dataset):
@@ -330,7 +334,7 @@ class LabeledPairs(Dataset):
         self.visits = RefVisits(source.refs(), seed, STREAM_X)
 
     def __getitem__(self, visit: int) -> dict[str, Any]:
-        view, present, _ = _weak(self.source, self.visits, visit, self.augment.flip_prob)
+        _, view, present, _ = _weak(self.source, self.visits, visit, self.augment.flip_prob)
         input_ids, attention_mask = self.source.tokens(view.expression)
         return {
             "img_x": view.image,
@@ -349,7 +353,8 @@ class UnlabeledPairs(Dataset):
     made in the training step, where the text encoder filters the EDA candidates.
 
     Item: img_u_w, img_u_s (3, S, S) uint8, prior_u (1, S, S) float, prior_present_u bool,
-    input_ids_u_w / attention_mask_u_w (T,), expr_u_w str; observability only:
+    input_ids_u_w / attention_mask_u_w (T,), expr_u_w str, original_hw_u (2,) int64 the
+    image's original (H, W); observability only:
     mask_u_eval (S, S) uint8 (zeros where unknown) and has_mask_u_eval bool.
     """
 
@@ -358,7 +363,9 @@ class UnlabeledPairs(Dataset):
         self.visits = RefVisits(source.refs(), seed, STREAM_U)
 
     def __getitem__(self, visit: int) -> dict[str, Any]:
-        view, present, generator = _weak(self.source, self.visits, visit, self.augment.flip_prob)
+        row, view, present, generator = _weak(
+            self.source, self.visits, visit, self.augment.flip_prob
+        )
         input_ids, attention_mask = self.source.tokens(view.expression)
         size = self.source.image_size
         return {
@@ -369,6 +376,7 @@ class UnlabeledPairs(Dataset):
             "input_ids_u_w": input_ids,
             "attention_mask_u_w": attention_mask,
             "expr_u_w": view.expression,
+            "original_hw_u": self.source.original_hw[row],
             "mask_u_eval": view.mask
             if view.mask is not None
             else torch.zeros(size, size, dtype=torch.uint8),

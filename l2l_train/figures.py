@@ -60,10 +60,10 @@ FIGURES = {
 # Per-epoch history keys of figure 9, as (key, label); all but val/oIoU are unlabelled-set
 # training metrics.
 QUALITY_CURVES = (
-    ("u/prior_raw_oIoU", "raw prior IoU"),
-    ("u/prior_fused_oIoU", "fused prior IoU"),
-    ("u/pseudo_accuracy", "selected-pixel accuracy"),
-    ("u/coverage", "coverage"),
+    ("u/prior_raw_oIoU", "raw prior IoU (pairs with a prior)"),
+    ("u/prior_fused_oIoU", "fused prior IoU (same pairs)"),
+    ("u/pseudo_accuracy", "selected-pixel accuracy (all pairs)"),
+    ("u/coverage", "coverage (all pairs)"),
     ("val/oIoU", "val oIoU (model)"),
 )
 

@@ -2,11 +2,10 @@
 
 One step, for a labelled batch ``x`` and an unlabelled batch ``u``:
 
-1. Weak pass, no gradient: ``p_w = sigmoid(f(img_u_w | q))``, the model conditioned on the
-   raw teacher prior ``q`` (absent where there is none). The model stays in train mode, as in
-   FixMatch and UniMatch, where the weak view shares the training forward: the decoder's
-   BatchNorm normalises with batch statistics, as it does for the strong view the
-   pseudo-labels supervise, rather than with running averages that lag an improving model.
+1. Weak pass, no gradient: ``p_w = sigmoid(f(img_u_w))``, the model's own prediction with no
+   prior, as it is evaluated (DESIGN.md conditions it on ``q``; then the model learns to copy
+   its input and SPM fuses the prior with a copy of itself). The model stays in train mode, as
+   in FixMatch and UniMatch, where the weak view shares the training forward.
 2. Target ``q_hat``: SPM fusion of ``p_w`` and ``q`` (l2l), ``0.5 p_w + 0.5 q``
    (fixed_fusion) or ``p_w`` itself (fixmatch, l2l with ``spm: false``); see :func:`plan_method`.
 3. Thresholds: the RPLE agent's per-sample ``(tau_fg, tau_bg)`` (l2l with ``rple: true``) or
@@ -74,12 +73,14 @@ from l2l_train.metrics import IoUAccumulator, PseudoLabelAccumulator, binarize
 from l2l_train.model import Segmentor, TextTokenizer, build_segmentor, build_tokenizer
 from l2l_train.rple import (
     PseudoLabelAgent,
+    band_in_input_frame,
     compute_reward,
     pseudo_labels,
     rple_state,
     static_thresholds,
 )
 from l2l_train.spm import agreement, fixed_fusion, fuse
+from l2l_train.text_cache import FrozenTextCache
 from pipeline.config import to_dict
 from pipeline.teacher import teacher_identity
 
@@ -278,6 +279,7 @@ class UnlabeledTargets(NamedTuple):
     agreement: Tensor  # (B,) soft IoU of p_w and q, 0 where the prior is absent
     thresholds: Tensor  # (B, 2) as (tau_fg, tau_bg)
     pseudo: Tensor  # (B, S, S) uint8 in {0, 1, IGNORE_INDEX}
+    band: Tensor  # (B,) int64 ignore-band width in the input frame
 
 
 class StepResult(NamedTuple):
@@ -305,7 +307,10 @@ class Trainer:
         model: Segmentor,
         tokenizer: TextTokenizer,
         total_steps: int,
+        expressions: Sequence[str] = (),
     ) -> None:
+        """``expressions``: the training pairs' texts, whose features a frozen text encoder
+        computes once (any other text is encoded when met)."""
         cfg = params.train
         self.cfg, self.plan, self.rt = cfg, plan, rt
         self.model, self.ddp_model = model, model
@@ -313,7 +318,16 @@ class Trainer:
         self.optimizer, self.schedule = build_optimization(model, cfg, total_steps)
         self.agent = PseudoLabelAgent(cfg.agent, rt.device) if plan.rple else None
         self.synonyms: Synonyms = load_synonyms(cfg.augment.synonyms)
-        self.embed = sentence_embedder(model.text, tokenizer, rt.device)
+        self.text_cache = (
+            None
+            if model.text.trainable
+            else FrozenTextCache(model.text, tokenizer, rt.device, expressions)
+        )
+        self.embed = (
+            sentence_embedder(model.text, tokenizer, rt.device)
+            if self.text_cache is None
+            else self.text_cache.sentences
+        )
         # Per-rank streams for the strong text and prior dropout, checkpointed with the run.
         self.text_rng = random.Random(derive_seed(cfg.seed, rt.rank, 1))
         self.dropout_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, rt.rank, 2))
@@ -324,6 +338,16 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
     # ------------------------------------------------------------------ pieces
+
+    def text_inputs(self, expressions: Sequence[str]) -> dict[str, Tensor | None]:
+        """The segmentor's text arguments: cached word features when the text encoder is
+        frozen, else token ids (the encoder then runs, with gradients, in the forward)."""
+        if self.text_cache is None:
+            input_ids, attention_mask = self.tokenizer(expressions)
+            device = self.rt.device
+            return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        words, word_mask = self.text_cache.words(expressions)
+        return {"input_ids": None, "attention_mask": None, "words": words, "word_mask": word_mask}
 
     @torch.no_grad()
     def weak_targets(
@@ -338,13 +362,11 @@ class Trainer:
         """
         q, present = batch_u["prior_u"], batch_u["prior_present_u"]
         with autocast(self.rt.device, self.rt.amp):
-            logits_u_w = self.model(
-                normalize_images(batch_u["img_u_w"]),
-                batch_u["input_ids_u_w"],
-                batch_u["attention_mask_u_w"],
-                q,
-                present,
-            )
+            text = self.text_inputs(batch_u["expr_u_w"])
+            # No prior in the weak pass: p_w is the model's own opinion, as it is evaluated.
+            # Conditioned on q, the model learns to copy it, and SPM would fuse the prior with
+            # a copy of itself (agreement ~ the prior's own quality, q_hat ~ q).
+            logits_u_w = self.model(normalize_images(batch_u["img_u_w"]), **text)
         p_w = torch.sigmoid(logits_u_w.float())
         agree = torch.where(present, agreement(p_w, q, self.cfg.fusion.eps), 0.0)
         if self.plan.fusion == "spm":
@@ -353,14 +375,17 @@ class Trainer:
             q_hat = fixed_fusion(p_w, q, present)
         else:
             q_hat = p_w
-        states, thresholds_all = self.choose_thresholds(q_hat, agree, explore)
+        band = band_in_input_frame(
+            self.cfg.agent.ignore_band, batch_u["original_hw_u"], q_hat.shape[-1]
+        )
+        states, thresholds_all = self.choose_thresholds(q_hat, agree, band, explore)
         thresholds = own_rows(thresholds_all, self.rt)
-        pseudo = pseudo_labels(q_hat, thresholds, self.cfg.agent.ignore_band)
-        targets = UnlabeledTargets(q, present, q_hat, agree, thresholds, pseudo)
+        pseudo = pseudo_labels(q_hat, thresholds, band)
+        targets = UnlabeledTargets(q, present, q_hat, agree, thresholds, pseudo, band)
         return targets, states, thresholds_all
 
     def choose_thresholds(
-        self, q_hat: Tensor, agree: Tensor, explore: bool = True
+        self, q_hat: Tensor, agree: Tensor, band: Tensor, explore: bool = True
     ) -> tuple[Tensor | None, Tensor]:
         """(states, thresholds) for every rank's samples, (world * B, 6) and (world * B, 2).
         The agent acts on the gathered states, so each rank draws the same noise for the
@@ -368,7 +393,7 @@ class Trainer:
         if self.agent is None:
             batch = q_hat.shape[0] * self.rt.world
             return None, static_thresholds(batch, self.cfg.tau_fg, self.cfg.tau_bg, q_hat.device)
-        states = gather_rows(self.agent.make_state(q_hat, agree), self.rt)
+        states = gather_rows(self.agent.make_state(q_hat, agree, band), self.rt)
         return states, self.agent.act(states, explore=explore)
 
     def prior_keep(self, batch: int) -> Tensor:
@@ -384,7 +409,6 @@ class Trainer:
     ) -> dict[str, float]:
         """Reward the thresholds by the strong prediction, store every rank's transitions,
         one DDPG update. Returns the agent's losses and the mean reward."""
-        band = self.cfg.agent.ignore_band
         p_u_s = torch.sigmoid(logits_u_s.detach().float())
         reward = compute_reward(
             p_u_s,
@@ -394,7 +418,7 @@ class Trainer:
             self.agent.current,
             self.cfg.agent,
         )
-        next_state = rple_state(targets.q_hat, targets.agreement, targets.thresholds, band)
+        next_state = rple_state(targets.q_hat, targets.agreement, targets.thresholds, targets.band)
         gathered = gather_rows(torch.cat([reward.total[:, None], next_state], dim=1), self.rt)
         self.agent.observe(states, thresholds_all, gathered[:, 0], gathered[:, 1:])
         return {**self.agent.update(), "reward": gathered[:, 0].mean().item()}
@@ -412,7 +436,7 @@ class Trainer:
             )
         cfg = self.cfg
         images = [normalize_images(batch_x["img_x"])]
-        input_ids, attention_mask = [batch_x["input_ids_x"]], [batch_x["attention_mask_x"]]
+        expressions = list(batch_x["expr_x"])
         priors, present = [batch_x["prior_x"]], [batch_x["prior_present_x"]]
         targets = states = thresholds_all = None
         if batch_u is not None:
@@ -420,22 +444,17 @@ class Trainer:
             expr_u_s = strong_expressions(
                 batch_u["expr_u_w"], self.embed, cfg.augment, self.synonyms, self.text_rng
             )
-            ids_u_s, mask_u_s = self.tokenizer(expr_u_s)
             images.append(normalize_images(batch_u["img_u_s"]))
-            input_ids.append(ids_u_s.to(self.rt.device))
-            attention_mask.append(mask_u_s.to(self.rt.device))
+            expressions += expr_u_s
             priors.append(targets.q_hat)
             present.append(targets.prior_present)
         present_all = torch.cat(present)
         present_all = present_all & self.prior_keep(len(present_all)).to(present_all.device)
 
         with autocast(self.rt.device, self.rt.amp):
+            text = self.text_inputs(expressions)
             logits = self.ddp_model(
-                torch.cat(images),
-                torch.cat(input_ids),
-                torch.cat(attention_mask),
-                torch.cat(priors),
-                present_all,
+                torch.cat(images), prior=torch.cat(priors), prior_present=present_all, **text
             )
         batch_size_x = batch_x["img_x"].shape[0]
         logits_x, logits_u_s = logits[:batch_size_x], logits[batch_size_x:]
@@ -556,15 +575,16 @@ class EpochStats:
             "agreement", targets.agreement[targets.prior_present].sum(), targets.prior_present.sum()
         )
         known = eval_u["has_mask_u_eval"]
-        gt = eval_u["mask_u_eval"][known]
-        if len(gt):
-            self.prior_fused.update(binarize(targets.q_hat[known]), gt)
-            self.pseudo.update(targets.pseudo[known], gt)
+        if known.any():
+            self.pseudo.update(targets.pseudo[known], eval_u["mask_u_eval"][known])
+        # Raw and fused prior on one pair set, those with a teacher prior: a teacher miss has
+        # no raw prior to score, and counting its fused prior (= p_w) on one side only would
+        # compare different pairs.
         with_prior = known & targets.prior_present
         if with_prior.any():
-            self.prior_raw.update(
-                binarize(targets.q[with_prior]), eval_u["mask_u_eval"][with_prior]
-            )
+            gt = eval_u["mask_u_eval"][with_prior]
+            self.prior_raw.update(binarize(targets.q[with_prior]), gt)
+            self.prior_fused.update(binarize(targets.q_hat[with_prior]), gt)
 
     def all_reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():
@@ -717,7 +737,12 @@ class Run:
         # 0's weights); per-rank streams after it.
         torch.manual_seed(cfg.seed)
         model = build_segmentor(params.model).to(rt.device).train()
-        self.trainer = Trainer(params, self.plan, rt, model, self.tokenizer, self.total_steps)
+        expressions = self.data_x.source.expression
+        if self.data_u is not None:
+            expressions = expressions + self.data_u.source.expression
+        self.trainer = Trainer(
+            params, self.plan, rt, model, self.tokenizer, self.total_steps, expressions
+        )
         self.progress = RunState()
         self.stats = EpochStats(rt.device)
         self.resumed_from: int | None = None

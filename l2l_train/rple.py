@@ -2,7 +2,8 @@
 
 A DDPG agent picks, per unlabelled sample, a foreground and a background threshold on the
 calibrated prior ``q_hat``; pixels with ``q_hat >= tau_fg`` become foreground, ``q_hat <=
-tau_bg`` background, the rest (and a band around the foreground boundary) are ignored.
+tau_bg`` background, the rest (and a band around the foreground boundary, sized in
+original-image pixels by :func:`band_in_input_frame`) are ignored.
 
 Pieces, all on explicit tensors:
 
@@ -43,6 +44,7 @@ the agents then stay identical without further communication.
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Any, NamedTuple
 
 import torch
@@ -74,30 +76,111 @@ def static_thresholds(
     return torch.tensor([[tau_fg, tau_bg]], device=device).repeat(batch_size, 1)
 
 
-def foreground_edge_band(fg: Tensor, width: int) -> Tensor:
+def band_in_input_frame(band_original: float, original_hw: Tensor, input_size: int) -> Tensor:
+    """Per-sample ignore-band widths in the model's input frame for a band of
+    ``band_original`` pixels of each original image, the original stretched to an
+    ``input_size`` x ``input_size`` square.
+
+    ``width = band_original * input_size / max(H, W)``, rounded to the nearest odd integer
+    (a tie, at an even ``width``, goes to the smaller one) when ``band_original > 0`` and
+    ``width >= 0.5``, else 0 (no band): ``[0.5, 2] -> 1``, ``(2, 4] -> 3``, ``(4, 6] -> 5``.
+
+    Why the larger side: the stretch scales the axes differently (``S / W`` across a
+    vertical boundary, ``S / H`` across a horizontal one), and one square max-pool kernel
+    must serve both. Scaling by the larger side uses the smaller factor, so before the odd
+    rounding the band covers at most ``band_original`` original pixels along either axis.
+    The band exists to absorb a few pixels of boundary uncertainty, and over-wide bands are
+    the failure this guards against (they erase small objects: at 128 -> 64 px a 3 px band
+    leaves a perfect ``q_hat`` 36 % of its foreground), so the conservative side is the
+    right one to err on; ties round down for the same reason. For a square original every
+    choice of side agrees.
+
+    Shapes: original_hw (B, 2) int as (H, W) -> (B,) int64 (0 or odd), on original_hw's device.
+    """
+    if band_original < 0:
+        raise ValueError(f"band_original: expected >= 0 original pixels, got {band_original}")
+    if input_size < 1:
+        raise ValueError(f"input_size: expected >= 1, got {input_size}")
+    if original_hw.dim() != 2 or original_hw.shape[1] != 2:
+        raise ValueError(f"original_hw: expected (B, 2) as (H, W), got {tuple(original_hw.shape)}")
+    if (original_hw < 1).any():
+        raise ValueError("original_hw: every original side must be >= 1 pixel")
+    # float64: the ties (even widths such as 3 * 480 / 720 = 2) then land exactly.
+    side = original_hw.amax(dim=1).to(torch.float64)
+    width = band_original * input_size / side
+    # Nearest odd 2k + 1 with ties down: k = ceil((width - 2) / 2), >= 0 for width >= 0.5.
+    k = torch.ceil((width - 2.0) / 2.0).clamp_min(0).to(torch.int64)
+    keep = (width >= 0.5) & (band_original > 0)
+    return torch.where(keep, 2 * k + 1, torch.zeros_like(k))
+
+
+def _check_band_width(band_width: int | Tensor, batch: int) -> int | Tensor:
+    """``band_width`` as a Python int (one width for every sample) or a (B,) int64 tensor,
+    each width 0 (none) or a positive odd number of input-frame pixels."""
+    if isinstance(band_width, Tensor):
+        if band_width.shape != (batch,):
+            raise ValueError(
+                f"band_width: expected an int or a ({batch},) tensor of per-sample widths, "
+                f"got shape {tuple(band_width.shape)}"
+            )
+        if band_width.dtype.is_floating_point or band_width.dtype.is_complex:
+            raise TypeError(f"band_width: expected an integer tensor, got {band_width.dtype}")
+        widths = band_width.long()
+        if ((widths < 0) | ((widths % 2 == 0) & (widths != 0))).any():
+            raise ValueError(
+                f"band_width: expected 0 or positive odd widths, got {widths.tolist()}"
+            )
+        return widths
+    try:
+        width = operator.index(band_width)
+    except TypeError:
+        raise TypeError(
+            f"band_width: expected an int or a (B,) int tensor of input-frame pixels, got "
+            f"{band_width!r}; convert a width in original-image pixels with "
+            f"band_in_input_frame"
+        ) from None
+    if width < 0 or (width % 2 == 0 and width != 0):
+        raise ValueError(f"band_width: expected 0 or a positive odd band width, got {width}")
+    return width
+
+
+def foreground_edge_band(fg: Tensor, width: int | Tensor) -> Tensor:
     """Pixels within a band of ``width`` pixels centred on the foreground's edge pixels
     (foreground pixels with a non-foreground 8-neighbour): across a straight fg/bg boundary
     that is exactly ``width`` columns, ``width // 2 + 1`` of them foreground. The image border
-    is not a boundary.
+    is not a boundary. ``width`` is one int for the batch or a (B,) int tensor of per-sample
+    widths, each 0 (no band) or odd; the samples sharing a width are pooled together, so the
+    cost is one max-pool per distinct width in the batch.
 
-    Shapes: fg (B, H, W) bool -> (B, H, W) bool.
+    Shapes: fg (B, H, W) bool, width int or (B,) int -> (B, H, W) bool.
     """
-    if width < 1 or width % 2 == 0:
-        raise ValueError(f"width: expected a positive odd band width, got {width}")
+    width = _check_band_width(width, fg.shape[0])
     x = fg.float().unsqueeze(1)
     # max_pool2d pads with -inf, so the erosion treats outside the image as foreground.
     eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
     edge = x - eroded
-    band = F.max_pool2d(edge, width, stride=1, padding=width // 2)
-    return band[:, 0] > 0
+    if not isinstance(width, Tensor):
+        if width == 0:
+            return torch.zeros_like(fg, dtype=torch.bool)
+        return F.max_pool2d(edge, width, stride=1, padding=width // 2)[:, 0] > 0
+    band = torch.zeros_like(fg, dtype=torch.bool)
+    widths = width.to(fg.device)
+    for w in torch.unique(widths).tolist():  # a few distinct widths per batch
+        if w == 0:
+            continue
+        rows = (widths == w).nonzero()[:, 0]
+        band[rows] = F.max_pool2d(edge[rows], w, stride=1, padding=w // 2)[:, 0] > 0
+    return band
 
 
-def pseudo_labels(q_hat: Tensor, thresholds: Tensor, band_width: int) -> Tensor:
+def pseudo_labels(q_hat: Tensor, thresholds: Tensor, band_width: int | Tensor) -> Tensor:
     """Three-way pseudo-label from the calibrated prior: ``q_hat >= tau_fg`` foreground,
-    ``q_hat <= tau_bg`` background, the rest ignored, then the foreground edge band
-    (``band_width`` pixels, 0 for none) ignored as well.
+    ``q_hat <= tau_bg`` background, the rest ignored, then the foreground edge band ignored
+    as well. ``band_width`` is in pixels of ``q_hat``'s (input) frame, 0 for none: one int
+    for every sample, or a (B,) int tensor of per-sample widths (0 or odd), as
+    :func:`band_in_input_frame` gives for a band set in original-image pixels.
 
-    Shapes: q_hat (B, 1, H, W), thresholds (B, 2) as (tau_fg, tau_bg).
+    Shapes: q_hat (B, 1, H, W), thresholds (B, 2) as (tau_fg, tau_bg), band_width int or (B,).
     Returns: (B, H, W) uint8 in {0, 1, IGNORE_INDEX}.
     """
     if q_hat.dim() != 4 or q_hat.shape[1] != 1:
@@ -107,6 +190,7 @@ def pseudo_labels(q_hat: Tensor, thresholds: Tensor, band_width: int) -> Tensor:
             f"thresholds: expected ({q_hat.shape[0]}, 2) as (tau_fg, tau_bg), "
             f"got {tuple(thresholds.shape)}"
         )
+    band_width = _check_band_width(band_width, q_hat.shape[0])
     q = q_hat[:, 0]
     tau_fg = thresholds[:, 0].view(-1, 1, 1).to(q.dtype)
     tau_bg = thresholds[:, 1].view(-1, 1, 1).to(q.dtype)
@@ -114,7 +198,7 @@ def pseudo_labels(q_hat: Tensor, thresholds: Tensor, band_width: int) -> Tensor:
     labels = torch.full(q.shape, IGNORE_INDEX, dtype=torch.uint8, device=q.device)
     labels[q <= tau_bg] = BACKGROUND
     labels[fg] = FOREGROUND
-    if band_width:
+    if isinstance(band_width, Tensor) or band_width:
         labels[foreground_edge_band(fg, band_width)] = IGNORE_INDEX
     return labels
 
@@ -130,11 +214,14 @@ def label_fractions(labels: Tensor) -> Tensor:
     )
 
 
-def rple_state(q_hat: Tensor, agree: Tensor, thresholds: Tensor, band_width: int) -> Tensor:
+def rple_state(
+    q_hat: Tensor, agree: Tensor, thresholds: Tensor, band_width: int | Tensor
+) -> Tensor:
     """The agent's state ``[mean(q_hat), std(q_hat), r_fg, r_bg, r_ign, A]`` per sample,
     the ratios measured on the pseudo-label ``thresholds`` would give (population std).
+    ``band_width`` as in :func:`pseudo_labels` (input-frame pixels, int or per-sample (B,)).
 
-    Shapes: q_hat (B, 1, H, W), agree (B,), thresholds (B, 2) -> (B, 6).
+    Shapes: q_hat (B, 1, H, W), agree (B,), thresholds (B, 2), band_width int or (B,) -> (B, 6).
     """
     flat = q_hat.detach().float().flatten(1)
     ratios = label_fractions(pseudo_labels(q_hat.detach(), thresholds, band_width))
@@ -410,13 +497,16 @@ class PseudoLabelAgent:
 
     Per batch of unlabelled samples the loop calls::
 
-        s = agent.make_state(q_hat, agree)             # ratios under agent.current
+        band = band_in_input_frame(cfg.ignore_band, original_hw, image_size)  # (B,)
+        s = agent.make_state(q_hat, agree, band)       # ratios under agent.current
         thr = agent.act(s, explore=True)               # (B, 2)
-        labels = pseudo_labels(q_hat, thr, cfg.ignore_band)
+        labels = pseudo_labels(q_hat, thr, band)
         ...  # strong-view forward and loss
         r = compute_reward(p_s, q_hat, labels, thr, agent.current, cfg)
-        agent.observe(s, thr, r.total, rple_state(q_hat, agree, thr, cfg.ignore_band))
+        agent.observe(s, thr, r.total, rple_state(q_hat, agree, thr, band))
         agent.update()
+
+    ``cfg.ignore_band`` is in original-image pixels; the calls here take input-frame widths.
     """
 
     _STATE_KEYS = (
@@ -448,10 +538,12 @@ class PseudoLabelAgent:
         self.current = torch.tensor([cfg.tau_fg_init, cfg.tau_bg_init], device=self.device)
         self.updates = 0
 
-    def make_state(self, q_hat: Tensor, agree: Tensor) -> Tensor:
-        """State (B, 6) with ratios under the current thresholds."""
+    def make_state(self, q_hat: Tensor, agree: Tensor, band_width: int | Tensor) -> Tensor:
+        """State (B, 6) with ratios under the current thresholds; ``band_width`` in
+        input-frame pixels as in :func:`pseudo_labels` (not ``cfg.ignore_band``, which is in
+        original-image pixels: convert it with :func:`band_in_input_frame`)."""
         current = self.current.expand(q_hat.shape[0], ACTION_DIM).to(q_hat.device)
-        return rple_state(q_hat, agree, current, self.cfg.ignore_band)
+        return rple_state(q_hat, agree, current, band_width)
 
     @torch.no_grad()
     def act(self, state: Tensor, explore: bool) -> Tensor:

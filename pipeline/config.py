@@ -191,10 +191,10 @@ class SyntheticConfig:
     max_expressions: int = bounded(3, 1, 3)  # per target object
     dir: str = "data/prepared/synthetic"  # generated images and scene table (under paths.prepared)
     min_objects: int = bounded(2, 2, 12)  # per scene
-    max_objects: int = bounded(6, 2, 12)
+    max_objects: int = bounded(4, 2, 12)
     # Distinct shapes (and, separately, colours) one scene draws from: fewer kinds mean more
     # look-alikes, which is what spatial, ordinal and relational expressions need.
-    max_kinds: int = bounded(3, 1, 6)
+    max_kinds: int = bounded(6, 1, 6)
     # Radius of the circle with the same area as the shape, as a fraction of image_size;
     # every shape kind of one size class has the same area, so "small"/"large" compare
     # across kinds.
@@ -401,7 +401,9 @@ class ImportedConfig:
 @dataclass(frozen=True)
 class PriorsConfig:
     teacher: Literal["simulated", "qwen-sam2", "imported"] = "simulated"
-    splits: tuple[str, ...] = ("unlabeled",)
+    # Labelled pairs too (SESM learns from ground truth how far to trust a prior) and the
+    # evaluation splits (eval.prior: teacher, figures); a role or a dataset split each.
+    splits: tuple[str, ...] = ("labeled", "unlabeled", "val", "test")
     size: int = bounded(128, 16, 1024)  # stored prior resolution (256 = SAM2 low-res logits)
     mllm: MLLMConfig = field(default_factory=MLLMConfig)
     sam2: SAM2Config = field(default_factory=SAM2Config)

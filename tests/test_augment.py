@@ -1,8 +1,10 @@
 """Weak/strong views: the flip word swap, flip consistency, geometry-free strong image ops,
-EDA candidates and the cosine filter, and the synonym sources with and without WordNet."""
+EDA candidates (which never edit protected words) and the cosine filter, and the synonym
+sources with and without WordNet."""
 
 import math
 import random
+import re
 import sys
 import types
 from dataclasses import replace
@@ -12,13 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from l2l_train.augment import (
+    PROTECTED_WORDS,
     Synonyms,
     apply_intensity_op,
     eda_candidates,
     flip_expression,
     hflip_sample,
+    is_protected,
     lexicon_synonyms,
     load_synonyms,
+    protected_vocabulary,
     random_deletion,
     random_swap,
     sample_intensity_ops,
@@ -234,8 +239,8 @@ def test_random_deletion_never_empties_an_expression():
     rng = random.Random(0)
     assert random_deletion(["man"], 1.0, rng) == ["man"]
     for _ in range(20):
-        kept = random_deletion(["the", "red", "circle"], 1.0, rng)
-        assert len(kept) == 1 and kept[0] in {"the", "red", "circle"}
+        kept = random_deletion(["the", "striped", "shirt"], 1.0, rng)
+        assert len(kept) == 1 and kept[0] in {"the", "striped", "shirt"}
     for seed in range(20):
         candidates = eda_candidates("red circle", 9, 1.0, LEXICON_SYNONYMS, random.Random(seed))
         assert all(c.split() for c in candidates)
@@ -243,16 +248,17 @@ def test_random_deletion_never_empties_an_expression():
 
 def test_edits_on_hand_checked_word_lists():
     rng = random.Random(0)
-    words = ["the", "man", "on", "the", "left"]
-    # Only "man" has synonyms ("left" is spatial, the rest are stop words).
-    assert synonym_replacement(words, 5, LEXICON_SYNONYMS, rng)[1] in {"guy", "gentleman", "male"}
+    words = ["the", "man", "in", "the", "striped", "shirt"]
+    # Only "striped" and "shirt" are edited: "man" and "in" are protected, "the" is a stop word.
+    replaced = synonym_replacement(words, 5, LEXICON_SYNONYMS, rng)
+    assert replaced[:4] == words[:4]
+    assert replaced[4] == "stripy" and replaced[5] in {"tee", "t-shirt"}
     inserted = synonym_insertion(words, 2, LEXICON_SYNONYMS, rng)
-    assert len(inserted) == 7 and set(inserted) - set(words) <= {"gentleman", "guy", "male"}
+    assert len(inserted) == 8 and set(inserted) - set(words) <= {"stripy", "tee", "t-shirt"}
     swapped = random_swap(words, 1, rng)
-    assert (
-        sorted(swapped) == sorted(words)
-        and sum(a != b for a, b in zip(swapped, words, strict=True)) == 2
-    )
+    changed = [i for i, (a, b) in enumerate(zip(swapped, words, strict=True)) if a != b]
+    assert sorted(swapped) == sorted(words) and len(changed) in (0, 2)  # two "the"s may swap
+    assert set(changed) <= {0, 3, 4, 5}
     assert random_swap(["alone"], 3, rng) == ["alone"]
 
 
@@ -277,6 +283,206 @@ def test_spatial_words_get_only_curated_synonyms_from_any_source():
     assert wordnet_like("red") == ("crimson", "ruddy")
     assert "center" in wordnet_like("middle")
     assert "far left" in LEXICON_SYNONYMS("leftmost")
+
+
+# ----------------------------------------------------------------------------- protected words
+
+_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*")
+
+
+def protected_sequence(text, protected=PROTECTED_WORDS):
+    """The protected words of ``text`` in order, as written (case kept)."""
+    return [w for w in _TOKEN.findall(text) if is_protected(w, protected)]
+
+
+# A stand-in WordNet with synonyms for protected words and synonyms that would bring in a
+# protected word ("crimson tee", "two-tone", "clutching a circle"): EDA must use none of them.
+# (Synonyms itself already drops those naming a spatial word, so none is used here.)
+PERMISSIVE_SYNONYMS = Synonyms(
+    "wordnet",
+    lambda word: {
+        "the": ("this",),
+        "shirt": ("crimson tee", "blouse"),
+        "striped": ("banded", "two-tone"),
+        "holding": ("gripping", "clutching a circle"),
+        "man": ("guy", "fellow"),
+        "red": ("ruddy",),
+        "circle": ("ring", "loop"),
+        "second": ("moment",),
+        "small": ("modest",),
+        "of": ("belonging",),
+        "star": ("celebrity",),
+    }.get(word, ()),
+)
+
+
+@pytest.mark.parametrize(
+    ("word", "protected"),
+    [
+        ("left", True),
+        ("LEFT", True),
+        ("Leftmost", True),
+        ("left-most", True),
+        ("Second", True),
+        ("2nd", True),
+        ("of", True),
+        ("Purple", True),
+        ("tiny", True),
+        ("Circles", True),
+        ("boxes", False),
+        ("glasses", True),
+        ("man's", True),
+        ("dark-blue", True),
+        ("next to", True),
+        ("upright", False),
+        ("leftover", False),
+        ("starfish", False),
+        ("copyright", False),
+        ("shirt", False),
+        ("the", False),
+        ("holding", False),
+    ],
+)
+def test_protected_words_match_whole_words_case_insensitively(word, protected):
+    assert is_protected(word) is protected
+
+
+def test_protected_vocabulary_covers_each_group():
+    for group, words in [
+        ("spatial", "left right top bottom leftmost topmost middle center centre upper behind"),
+        ("ordinal", "first second third fourth fifth last 1st 2nd"),
+        ("relational", "of from to above below next between"),
+        ("attribute", "red green blue yellow purple orange white black small large big tall"),
+        ("category", "circle square triangle star diamond hexagon shape man woman person dog"),
+    ]:
+        missing = [w for w in words.split() if w not in PROTECTED_WORDS]
+        assert not missing, f"{group}: {missing}"
+    assert all(w == w.lower() and w.split() == [w] for w in PROTECTED_WORDS)
+
+
+def test_protected_vocabulary_extends_per_dataset():
+    extended = protected_vocabulary(("Shirt", "traffic cone"))
+    assert {"shirt", "traffic", "cone"} <= extended and extended >= PROTECTED_WORDS
+    assert protected_vocabulary() == PROTECTED_WORDS
+    assert is_protected("SHIRTS", extended) and not is_protected("shirt")
+
+
+SYNTHETIC_EXPRESSIONS = [
+    "the second shape from the bottom",
+    "the circle left of the blue star",
+    "the leftmost red triangle",
+    "the small purple shape",
+    "the third diamond from the right",
+    "the hexagon below the large green square",
+]
+REFCOCO_EXPRESSIONS = [
+    "The Man in the striped shirt holding a cup on the left",
+    "woman sitting in the middle of the couch with a smiling kid",
+    "second guy from right wearing a jacket and a hat",
+]
+
+
+@pytest.mark.parametrize("synonyms", [LEXICON_SYNONYMS, PERMISSIVE_SYNONYMS], ids=["lex", "any"])
+@pytest.mark.parametrize("text", SYNTHETIC_EXPRESSIONS + REFCOCO_EXPRESSIONS)
+def test_eda_keeps_the_protected_words_in_order_and_still_edits(text, synonyms):
+    expected = protected_sequence(text)
+    assert expected  # every test expression names its referent through protected words
+    seen = set()
+    for seed in range(40):
+        for candidate in eda_candidates(text, 12, 0.5, synonyms, random.Random(seed)):
+            assert protected_sequence(candidate) == expected, candidate
+            seen.add(candidate)
+    # Not a no-op: unprotected words (at least "the" / "a") still change.
+    assert len(seen - {" ".join(_TOKEN.findall(text))}) > 0
+
+
+def test_eda_uses_every_edit_on_the_unprotected_words():
+    text = "the man in the striped shirt holding a cup on the left"
+    words = text.split()
+    candidates = {
+        c
+        for seed in range(20)
+        for c in eda_candidates(text, 12, 0.5, LEXICON_SYNONYMS, random.Random(seed))
+    }
+    new_words = {w for c in candidates for w in c.split()} - set(words)
+    assert new_words <= {"stripy", "tee", "t-shirt", "carrying"} and new_words  # synonyms
+    assert any(sorted(c.split()) == sorted(words) and c != text for c in candidates)  # swaps
+    assert any(len(c.split()) < len(words) for c in candidates)  # deletions
+
+
+def test_synonym_replacement_never_replaces_nor_brings_in_protected_words():
+    words = ["The", "Man", "in", "the", "striped", "shirt", "holding", "a", "Red", "circle"]
+    for seed in range(30):
+        out = synonym_replacement(words, 10, PERMISSIVE_SYNONYMS, random.Random(seed))
+        assert out[:2] == ["The", "Man"] and out[2] == "in" and out[-2:] == ["Red", "circle"]
+        assert out[5] == "blouse"  # "crimson tee" brings in a colour
+        assert out[4] == "banded"  # "two-tone" brings in a count
+        assert out[6] == "gripping"  # "clutching a circle" brings in a shape
+    # "the" is a stop word and the rest is protected: nothing to replace.
+    only_protected = ["the", "second", "shape", "from", "the", "bottom"]
+    out = synonym_replacement(only_protected, 6, PERMISSIVE_SYNONYMS, random.Random(0))
+    assert out == only_protected
+
+
+def test_synonym_insertion_never_inserts_synonyms_of_protected_words():
+    words = ["the", "small", "Red", "circle", "left", "of", "the", "striped", "star"]
+    allowed = {"banded"}  # "striped" is the one unprotected content word
+    for seed in range(30):
+        out = synonym_insertion(words, 6, PERMISSIVE_SYNONYMS, random.Random(seed))
+        assert len(out) == len(words) + 6
+        assert protected_sequence(" ".join(out)) == protected_sequence(" ".join(words))
+        assert set(out) - set(words) <= allowed
+    # Nothing to insert when every content word is protected.
+    only_protected = ["the", "leftmost", "red", "triangle"]
+    assert synonym_insertion(only_protected, 3, LEXICON_SYNONYMS, random.Random(0)) == (
+        only_protected
+    )
+
+
+def test_random_swap_moves_only_unprotected_words():
+    words = ["the", "second", "shape", "from", "the", "bottom", "near", "a", "striped", "tree"]
+    free = {0, 4, 7, 8, 9}  # the, the, a, striped, tree
+    moved = set()
+    for seed in range(30):
+        out = random_swap(words, 3, random.Random(seed))
+        assert sorted(out) == sorted(words)
+        changed = {i for i, (a, b) in enumerate(zip(out, words, strict=True)) if a != b}
+        assert changed <= free
+        moved |= changed
+    assert moved == free  # every unprotected word moves sometimes
+    # Fewer than two unprotected words: nothing to swap.
+    for words in (["the", "leftmost", "red", "triangle"], ["Second", "Circle", "From", "LEFT"]):
+        assert random_swap(words, 5, random.Random(0)) == words
+
+
+def test_random_deletion_never_deletes_a_protected_word():
+    words = ["the", "second", "shape", "from", "the", "bottom"]
+    assert random_deletion(words, 1.0, random.Random(0)) == ["second", "shape", "from", "bottom"]
+    for seed in range(30):
+        out = random_deletion(
+            ["The", "LEFTMOST", "red", "triangle", "near", "a", "striped", "tree"],
+            0.7,
+            random.Random(seed),
+        )
+        assert protected_sequence(" ".join(out)) == ["LEFTMOST", "red", "triangle", "near"]
+    extended = protected_vocabulary(("tree",))
+    out = random_deletion(["a", "tree"], 1.0, random.Random(0), protected=extended)
+    assert out == ["tree"]
+
+
+def test_strong_expressions_protect_the_configured_words():
+    cfg = AugmentConfig(text_alpha=0.5, text_min_cosine=-1.0, protected_words=("Striped",))
+    text = "the man in the striped shirt holding a cup"
+    for seed in range(20):
+        (out,) = strong_expressions(
+            [text], bag_of_words, cfg, LEXICON_SYNONYMS, random.Random(seed)
+        )
+        assert protected_sequence(out, protected_vocabulary(cfg.protected_words)) == [
+            "man",
+            "in",
+            "striped",
+            "cup",
+        ]
 
 
 # ----------------------------------------------------------------------------- cosine filter
@@ -306,6 +512,17 @@ VOCAB = [
     "crimson",
     "scarlet",
     "azure",
+    "man",
+    "in",
+    "striped",
+    "shirt",
+    "holding",
+    "a",
+    "cup",
+    "stripy",
+    "tee",
+    "t-shirt",
+    "carrying",
 ]
 
 
@@ -324,7 +541,8 @@ def cosine_to(original, text):
 
 
 def test_strong_expressions_drop_distant_candidates_and_sample_the_rest():
-    original = "the small red circle on the left of the blue star"
+    # EDA edits unprotected words only: "striped", "shirt", "holding", "the", "a".
+    original = "the man in the striped shirt holding a cup on the left"
     cfg = AugmentConfig(text_candidates=9, text_alpha=0.2, text_min_cosine=0.9)
     candidates = eda_candidates(original, 9, 0.2, LEXICON_SYNONYMS, random.Random(0))
     assert any(cosine_to(original, c) < 0.9 for c in candidates)  # the filter has work to do
@@ -363,7 +581,7 @@ def test_strong_expressions_name_a_wrong_embedding_shape():
     with pytest.raises(ValueError, match=r"embed: expected shape \(\d+, d\)"):
         strong_expressions(
             ["red circle"],
-            lambda texts: torch.zeros(1, 4),
+            lambda texts: torch.zeros(len(texts) + 1, 4),
             AugmentConfig(),
             LEXICON_SYNONYMS,
             random.Random(0),
@@ -433,3 +651,7 @@ def test_augment_config_is_part_of_train_and_validates_ranges():
         build_section(TrainConfig, {"augment": {"ops": ["rotate"]}}, "train")
     with pytest.raises(ConfigError, match="ops: empty, but num_ops is 2"):
         build_section(TrainConfig, {"augment": {"ops": []}}, "train")
+    train = build_section(TrainConfig, {"augment": {"protected_words": ["tree", "cone"]}}, "train")
+    assert train.augment.protected_words == ("tree", "cone")
+    with pytest.raises(ConfigError, match=r"protected_words\[1\]: expected a word, got ' '"):
+        build_section(TrainConfig, {"augment": {"protected_words": ["tree", " "]}}, "train")

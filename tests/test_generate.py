@@ -93,6 +93,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(dataset, tmp_path):
             "generate",
             "--params",
             str(tmp_path / "params.yaml"),
+            "--split",
+            "unlabeled",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

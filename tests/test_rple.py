@@ -14,6 +14,7 @@ from l2l_train.rple import (
     Critic,
     PseudoLabelAgent,
     ReplayBuffer,
+    band_in_input_frame,
     compute_reward,
     consistency,
     coverage,
@@ -62,6 +63,83 @@ def test_ignore_band_swallows_a_3x3_object():
     expected = torch.zeros(7, 7, dtype=torch.uint8)
     expected[1:6, 1:6] = X
     assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize(
+    ("band", "hw", "size", "expected"),
+    [
+        (3, (128, 128), 64, 1),  # 3 * 64 / 128 = 1.5 -> nearest odd 1
+        (3, (480, 640), 480, 3),  # larger side 640: 3 * 480 / 640 = 2.25 -> 3
+        (3, (720, 480), 480, 1),  # 3 * 480 / 720 = 2.0, a tie -> the smaller odd, 1
+        (3, (480, 640), 64, 0),  # 3 * 64 / 640 = 0.3 < 0.5 -> no band
+        (5, (640, 480), 64, 1),  # 5 * 64 / 640 = 0.5 -> 1 (half a pixel still counts)
+        (5, (64, 64), 64, 5),  # same frame: unchanged
+        (10, (100, 100), 64, 7),  # 6.4 -> 7 (0.6 away; 5 is 1.4 away)
+        (2.5, (96, 128), 64, 1),  # 1.25 -> 1
+        (0, (128, 128), 64, 0),  # no band asked for
+        (0, (8, 8), 64, 0),  # ... even when the input is an upscale
+    ],
+)
+def test_band_in_input_frame(band, hw, size, expected):
+    widths = band_in_input_frame(band, torch.tensor([hw]), size)
+    assert widths.dtype == torch.int64 and widths.tolist() == [expected]
+
+
+def test_band_in_input_frame_is_per_sample():
+    hw = torch.tensor([[128, 128], [480, 640], [720, 480], [32, 16]])
+    # 1.5 -> 1, 0.3 -> 0, 3 * 64 / 720 = 0.27 -> 0, 3 * 64 / 32 = 6 (tie) -> 5
+    assert band_in_input_frame(3, hw, 64).tolist() == [1, 0, 0, 5]
+    with pytest.raises(ValueError, match="original_hw"):
+        band_in_input_frame(3, torch.tensor([128, 128]), 64)
+    with pytest.raises(ValueError, match="band_original"):
+        band_in_input_frame(-1, hw, 64)
+
+
+def test_pseudo_labels_with_per_sample_bands_match_per_sample_calls():
+    # Sample 0: a straight boundary (columns 0-3 fg); sample 1: a 6x6 square at rows/cols
+    # 1-6; sample 2: random. Widths 3, 1, 0 and then 5, 3, 3 (a shared width pools together).
+    q_hat = torch.full((3, 1, 8, 8), 0.1)
+    q_hat[0, ..., :4] = 0.9
+    q_hat[1, ..., 1:7, 1:7] = 0.9
+    q_hat[2] = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    thr = THR.expand(3, 2)
+    for widths in ([3, 1, 0], [5, 3, 3]):
+        labels = pseudo_labels(q_hat, thr, torch.tensor(widths))
+        for i, w in enumerate(widths):
+            assert torch.equal(labels[i], pseudo_labels(q_hat[i : i + 1], THR, w)[0])
+    labels = pseudo_labels(q_hat, thr, torch.tensor([3, 1, 0]))
+    # By hand: sample 0 as in the straight-boundary test; sample 1 with width 1 ignores only
+    # the square's outer ring, keeping its 4x4 interior (16 of 36 fg pixels; width 3 would
+    # keep the 2x2 centre, 4 of 36).
+    assert torch.equal(labels[0, 0], torch.tensor([1, 1, X, X, X, 0, 0, 0], dtype=torch.uint8))
+    assert (labels[1] == 1).sum() == 16 and (labels[1, 2:6, 2:6] == 1).all()
+    assert (pseudo_labels(q_hat[1:2], THR, 3)[0] == 1).sum() == 4
+    # An int and the same width for every sample agree.
+    assert torch.equal(
+        pseudo_labels(q_hat, thr, torch.tensor([3, 3, 3])), pseudo_labels(q_hat, thr, 3)
+    )
+    # rple_state passes per-sample widths through.
+    agree = torch.tensor([0.1, 0.2, 0.3])
+    state = rple_state(q_hat, agree, thr, torch.tensor([3, 1, 0]))
+    for i, w in enumerate([3, 1, 0]):
+        one = rple_state(q_hat[i : i + 1], agree[i : i + 1], THR, w)
+        assert torch.allclose(state[i : i + 1], one)
+
+
+def test_pseudo_labels_reject_bad_band_widths():
+    q_hat = torch.full((2, 1, 4, 4), 0.9)
+    thr = THR.expand(2, 2)
+    with pytest.raises(ValueError, match="positive odd"):
+        pseudo_labels(q_hat, thr, 2)
+    with pytest.raises(ValueError, match="positive odd"):
+        pseudo_labels(q_hat, thr, torch.tensor([3, 2]))
+    with pytest.raises(ValueError, match=re.escape("(2,) tensor")):
+        pseudo_labels(q_hat, thr, torch.tensor([3]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        pseudo_labels(q_hat, thr, torch.tensor([3.0, 1.0]))
+    # A float is taken for original-image pixels that were never converted.
+    with pytest.raises(TypeError, match="band_in_input_frame"):
+        pseudo_labels(q_hat, thr, 3.0)
 
 
 def test_label_fractions_and_state():
@@ -262,7 +340,7 @@ def test_agent_state_dict_round_trip_resumes_identically():
 
 
 def test_observe_makes_the_batch_mean_current_and_make_state_uses_it():
-    agent = PseudoLabelAgent(AgentConfig(ignore_band=0))
+    agent = PseudoLabelAgent(AgentConfig())
     assert agent.current.tolist() == pytest.approx([0.7, 0.3])
     agent.observe(
         torch.zeros(2, 6), torch.tensor([[0.8, 0.2], [0.6, 0.4]]), torch.zeros(2), torch.zeros(2, 6)
@@ -272,13 +350,16 @@ def test_observe_makes_the_batch_mean_current_and_make_state_uses_it():
         torch.zeros(1, 6), torch.tensor([[0.85, 0.15]]), torch.zeros(1), torch.zeros(1, 6)
     )
     # Under (0.85, 0.15), Q_HAT has 0.9 fg, 0.1 bg, 0.6 and 0.2 ignored.
-    state = agent.make_state(Q_HAT, torch.tensor([0.5]))
+    state = agent.make_state(Q_HAT, torch.tensor([0.5]), 0)
     assert state[0, 2:5].tolist() == pytest.approx([0.25, 0.25, 0.5])
 
 
 def test_agent_config_is_validated_at_load():
-    with pytest.raises(ConfigError, match="agent: ignore_band must be 0 or odd"):
-        build_section(TrainConfig, {"agent": {"ignore_band": 2}})
+    # ignore_band is in original-image pixels: any width >= 0, the odd rounding comes later.
+    assert build_section(TrainConfig, {"agent": {"ignore_band": 2}}).agent.ignore_band == 2.0
+    assert build_section(TrainConfig, {"agent": {"ignore_band": 1.5}}).agent.ignore_band == 1.5
+    with pytest.raises(ConfigError, match=re.escape("agent.ignore_band: expected a float >= 0")):
+        build_section(TrainConfig, {"agent": {"ignore_band": -1}})
     with pytest.raises(ConfigError, match="tau_bg_max"):
         build_section(TrainConfig, {"agent": {"tau_bg_max": 0.6}})
     with pytest.raises(ConfigError, match="tau_fg_init"):

@@ -1,4 +1,5 @@
-"""LAVT-style decoder: top-down fusion of the conditioned stage maps to one logit map."""
+"""LAVT-style decoder: top-down fusion of the conditioned stage maps to one logit map, then a
+full-resolution refinement that sees the image (and the prior) at the input's own grid."""
 
 from __future__ import annotations
 
@@ -8,38 +9,84 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Channels of the full-resolution refinement: small, since it runs on every input pixel.
+FINE_DIM = 16
+# GroupNorm groups of the decoder's convolutions. Group statistics are per sample, so a
+# prior-conditioned weak pass and a prior-free evaluation normalise alike (BatchNorm's running
+# averages mix the two).
+NORM_GROUPS = 8
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 convolution (no bias: the BatchNorm has one), BatchNorm, ReLU."""
+
+def conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution (no bias: the norm has one), GroupNorm, ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.GroupNorm(min(NORM_GROUPS, out_channels), out_channels),
         nn.ReLU(inplace=True),
     )
 
 
 class FPNDecoder(nn.Module):
     """From the deepest stage upwards: upsample, concatenate the next shallower stage, two
-    conv-BN-ReLU; then a 1x1 convolution to one foreground logit (LAVT's ``SimpleDecoding``
-    with a single output channel).
+    conv-norm-ReLU (LAVT's ``SimpleDecoding``); the result, at the first stage's 1/4
+    resolution, goes to :class:`FineHead`.
     """
 
     def __init__(self, stage_dims: Sequence[int], dim: int) -> None:
         super().__init__()
         inputs = [stage_dims[-1] + stage_dims[-2]] + [dim + c for c in reversed(stage_dims[:-2])]
         self.fuse = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(channels, dim), conv_bn_relu(dim, dim))
+            nn.Sequential(conv_norm_relu(channels, dim), conv_norm_relu(dim, dim))
             for channels in inputs
         )
-        self.head = nn.Conv2d(dim, 1, kernel_size=1)
+        self.dim = dim
 
     def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Shapes: maps[i] (B, C_i, h_i, w_i), shallowest first.
 
-        Returns: foreground logits (B, 1, h_0, w_0) at the first stage's resolution.
+        Returns: features (B, dim, h_0, w_0) at the first stage's resolution.
         """
         x = maps[-1]
         for fuse, skip in zip(self.fuse, reversed(maps[:-1]), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = fuse(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        return x
+
+
+class FineHead(nn.Module):
+    """Foreground logits at the input resolution.
+
+    A coarse logit from the 1/4-resolution features, upsampled, plus a correction computed at
+    full resolution from those features, a shallow convolution of the image and (with
+    ``prior_channels``) the prior map and its presence flag. At 1/4 resolution small objects
+    span a few cells, so both the prediction and a perfect prior would lose their outlines
+    there; this path keeps them.
+    """
+
+    def __init__(self, dim: int, prior_channels: int) -> None:
+        super().__init__()
+        self.coarse = nn.Conv2d(dim, 1, kernel_size=1)
+        self.reduce = nn.Conv2d(dim, FINE_DIM, kernel_size=1)
+        self.image = conv_norm_relu(3, FINE_DIM)
+        self.prior_channels = prior_channels
+        self.refine = nn.Sequential(
+            conv_norm_relu(2 * FINE_DIM + prior_channels, FINE_DIM),
+            nn.Conv2d(FINE_DIM, 1, kernel_size=3, padding=1),
+        )
+
+    def forward(
+        self, features: torch.Tensor, images: torch.Tensor, prior: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Shapes: features (B, dim, h, w); images (B, 3, H, W) normalised; prior (B, P, H, W)
+        with P = ``prior_channels`` (None when P is 0). Returns: logits (B, 1, H, W)."""
+        size = images.shape[-2:]
+        coarse = F.interpolate(
+            self.coarse(features), size=size, mode="bilinear", align_corners=False
+        )
+        reduced = F.interpolate(
+            self.reduce(features), size=size, mode="bilinear", align_corners=False
+        )
+        inputs = [reduced, self.image(images)]
+        if self.prior_channels:
+            inputs.append(prior)
+        return coarse + self.refine(torch.cat(inputs, dim=1))

@@ -1,4 +1,5 @@
-"""Hierarchical visual encoder: transformers' Swin, driven one stage at a time.
+"""Hierarchical visual encoders, driven one stage at a time: transformers' Swin, or a small
+ResNet of torchvision blocks for CPU runs of the embedded default.
 
 LAVT conditions each stage on the expression *after the stage's blocks and before its patch
 merging*, so the next stage already sees conditioned features. ``SwinModel.forward`` runs the
@@ -86,6 +87,73 @@ class SwinStages(nn.Module):
         return maps
 
 
+# GroupNorm groups in the ResNet encoder: per-sample statistics, so a batch that mixes pairs
+# with and without a prior (conditioning feeds the next stage) normalises each pair alike.
+RESNET_NORM_GROUPS = 8
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(RESNET_NORM_GROUPS, channels), channels)
+
+
+class ResNetStages(nn.Module):
+    """A small ResNet, four stages of torchvision's ``BasicBlock``, run stage by stage with a
+    conditioning step, as :class:`SwinStages` (same ``dims``, ``num_heads``, ``out_norms`` and
+    frames: stage i at 1/2**(i+2) of the input, ``embed_dim * 2**i`` channels).
+
+    Stem: two stride-2 3x3 convolutions (the 1/4 grid of Swin's 4x4 patches). Stage i > 0
+    starts with a stride-2 block; the conditioned features of stage i feed stage i + 1.
+    """
+
+    def __init__(self, cfg: VisualConfig) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        self.dims = tuple(int(cfg.embed_dim * 2**i) for i in range(len(cfg.depths)))
+        self.num_heads = tuple(cfg.num_heads)
+        half = self.dims[0] // 2
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, half, kernel_size=3, stride=2, padding=1, bias=False),
+            group_norm(half),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(half, self.dims[0], kernel_size=3, stride=2, padding=1, bias=False),
+            group_norm(self.dims[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages = []
+        channels = self.dims[0]
+        for index, (dim, depth) in enumerate(zip(self.dims, cfg.depths, strict=True)):
+            stride = 1 if index == 0 else 2
+            shortcut = None
+            if stride != 1 or channels != dim:
+                shortcut = nn.Sequential(
+                    nn.Conv2d(channels, dim, kernel_size=1, stride=stride, bias=False),
+                    group_norm(dim),
+                )
+            blocks = [BasicBlock(channels, dim, stride, shortcut, norm_layer=group_norm)]
+            blocks += [BasicBlock(dim, dim, norm_layer=group_norm) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+            channels = dim
+        self.stages = nn.ModuleList(stages)
+        self.out_norms = nn.ModuleList(nn.LayerNorm(dim) for dim in self.dims)
+
+    def forward(self, images: torch.Tensor, condition: StageCondition) -> list[torch.Tensor]:
+        """Shapes: images (B, 3, H, W), ImageNet-normalised.
+
+        Returns: one normalised map per stage, (B, C_i, h_i, w_i), each taken after
+        ``condition``.
+        """
+        x = self.stem(images)
+        maps = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            grid = (x.shape[-2], x.shape[-1])
+            tokens = condition(index, map_to_tokens(x), grid)
+            maps.append(tokens_to_map(self.out_norms[index](tokens), grid))
+            x = tokens_to_map(tokens, grid)
+        return maps
+
+
 def swin_config_from_params(cfg: VisualConfig) -> Any:
     """The transformers ``SwinConfig`` described by the ``model.visual`` params."""
     from transformers import SwinConfig
@@ -100,9 +168,14 @@ def swin_config_from_params(cfg: VisualConfig) -> Any:
     )
 
 
-def build_visual_encoder(cfg: VisualConfig, *, load_weights: bool = True) -> SwinStages:
-    """Swin from ``cfg.path`` (weights loaded strictly unless ``load_weights`` is false, e.g.
-    before restoring a whole-model checkpoint) or, with no path, from the params."""
+def build_visual_encoder(
+    cfg: VisualConfig, *, load_weights: bool = True
+) -> SwinStages | ResNetStages:
+    """The ResNet (``kind: resnet``), or Swin from ``cfg.path`` (weights loaded strictly
+    unless ``load_weights`` is false, e.g. before restoring a whole-model checkpoint) or, with
+    no path, from the params."""
+    if cfg.kind == "resnet":
+        return ResNetStages(cfg)
     from transformers import SwinConfig, SwinModel
 
     if cfg.path is None:

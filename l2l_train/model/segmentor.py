@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from l2l_train.config import ModelConfig, SESMConfig, TextConfig, VisualConfig
-from l2l_train.model.decoder import FPNDecoder
-from l2l_train.model.encoder import SwinStages, build_visual_encoder
+from l2l_train.model.decoder import FineHead, FPNDecoder
+from l2l_train.model.encoder import ResNetStages, SwinStages, build_visual_encoder
 from l2l_train.model.sesm import PriorField, StageGates, build_stage_conditioners, uses_prior
 from l2l_train.model.text import TextEncoder, build_text_encoder
 
@@ -51,11 +51,12 @@ class Segmentor(nn.Module):
 
     def __init__(
         self,
-        visual: SwinStages,
+        visual: SwinStages | ResNetStages,
         text: TextEncoder,
         conditioners: nn.ModuleList,
         prior_field: PriorField | None,
         decoder: FPNDecoder,
+        head: FineHead,
     ) -> None:
         super().__init__()
         self.visual = visual
@@ -63,15 +64,19 @@ class Segmentor(nn.Module):
         self.conditioners = conditioners
         self.prior_field = prior_field
         self.decoder = decoder
+        self.head = head
         self.last_gates: tuple[StageGates, ...] = ()
 
     def forward(
         self,
         images: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
         prior: torch.Tensor | None = None,
         prior_present: torch.Tensor | None = None,
+        *,
+        words: torch.Tensor | None = None,
+        word_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Shapes: images (B, 3, H, W) ImageNet-normalised; input_ids, attention_mask (B, T);
         prior (B, 1, H', W') foreground probabilities in [0, 1] in the image's frame (any
@@ -82,13 +87,14 @@ class Segmentor(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected shape (B, 3, H, W), got {tuple(images.shape)}")
         batch = images.shape[0]
-        if input_ids.shape[0] != batch or attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"input_ids {tuple(input_ids.shape)} and attention_mask "
-                f"{tuple(attention_mask.shape)}: expected both ({batch}, T)"
-            )
+        if words is None:
+            if input_ids.shape[0] != batch or attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                    f"{tuple(attention_mask.shape)}: expected both ({batch}, T)"
+                )
+            words, word_mask = self.text(input_ids, attention_mask)
         present = prior_presence(prior, prior_present, batch, images.device)
-        words, word_mask = self.text(input_ids, attention_mask)
         gates: list[StageGates] = []
 
         def condition(stage: int, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -97,9 +103,24 @@ class Segmentor(nn.Module):
             gates.append(stage_gates)
             return tokens
 
-        logits = self.decoder(self.visual(images, condition))  # (B, 1, H/4, W/4)
+        features = self.decoder(self.visual(images, condition))  # (B, dim, H/4, W/4)
         self.last_gates = tuple(gates)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(features, images, self._full_resolution_prior(prior, present, images))
+
+    def _full_resolution_prior(
+        self, prior: torch.Tensor | None, present: torch.Tensor, images: torch.Tensor
+    ) -> torch.Tensor | None:
+        """(B, 2, H, W): the prior in the input frame (zeros where absent) and its presence
+        flag, for the head; None when the model does not read priors."""
+        if self.prior_field is None:
+            return None
+        flag = present.to(images.dtype)[:, None, None, None].expand(-1, 1, *images.shape[-2:])
+        if prior is None:
+            return torch.cat([torch.zeros_like(flag), flag], dim=1)
+        prior = F.interpolate(
+            prior.to(images.dtype), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return torch.cat([prior * flag, flag], dim=1)
 
     def gate_summary(self) -> dict[str, float]:
         """Mean gate values of the last forward: ``stage{i}/alpha_sem`` (SESM only) and
@@ -124,7 +145,8 @@ def build_segmentor(cfg: ModelConfig, *, load_weights: bool = True) -> Segmentor
     conditioners = build_stage_conditioners(visual.dims, visual.num_heads, text.dim, cfg.sesm)
     prior_field = PriorField(cfg.sesm.prior_dim) if uses_prior(cfg.sesm) else None
     decoder = FPNDecoder(visual.dims, cfg.decoder_dim)
-    return Segmentor(visual, text, conditioners, prior_field, decoder)
+    head = FineHead(cfg.decoder_dim, prior_channels=2 if prior_field is not None else 0)
+    return Segmentor(visual, text, conditioners, prior_field, decoder, head)
 
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:

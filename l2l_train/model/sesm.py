@@ -26,6 +26,8 @@ from l2l_train.config import SESMConfig
 from l2l_train.model.encoder import map_to_tokens
 
 # (a_sem, a_str) of the non-learned gating options (paper Table 4).
+# Channels of the 2-D position code the pixel-word attention adds to its visual tokens.
+POSITION_DIM = 32
 CONSTANT_MODALITY_WEIGHTS = {"fixed": (0.5, 0.5), "semantic": (1.0, 0.0), "structural": (0.0, 1.0)}
 
 
@@ -99,6 +101,7 @@ class PixelWordAttention(nn.Module):
 
     def __init__(self, dim: int, word_dim: int) -> None:
         super().__init__()
+        self.position = nn.Linear(POSITION_DIM, dim)
         self.visual = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(word_dim, dim)
@@ -107,9 +110,16 @@ class PixelWordAttention(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
 
     def forward(
-        self, tokens: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        grid: tuple[int, int],
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Shapes: tokens (B, N, C), words (B, T, D), word_mask (B, T) bool. Returns: (B, N, C)."""
+        """Shapes: tokens (B, N, C) on ``grid``, words (B, T, D), word_mask (B, T) bool.
+        Returns: (B, N, C)."""
+        code = sincos_2d(grid, POSITION_DIM, device=tokens.device, dtype=tokens.dtype)
+        tokens = tokens + self.position(code)
         query = token_instance_norm(self.query(tokens))
         language = masked_word_attention(query, self.key(words), self.value(words), word_mask)
         language = token_instance_norm(self.out(language))
@@ -312,7 +322,7 @@ class StageConditioner(nn.Module):
 
         Returns: conditioned tokens (B, N, C) and the stage's detached gate values.
         """
-        semantic = None if self.semantic is None else self.semantic(tokens, words, word_mask)
+        semantic = None if self.semantic is None else self.semantic(tokens, grid, words, word_mask)
         structural = None if self.structural is None else self.structural(tokens, field, grid)
         if self.modality is None:
             weights, guidance = None, semantic

@@ -1,0 +1,273 @@
+"""Does the segmentor learn the referring? Diagnostics of the supervised student (issue 11).
+
+    .venv/bin/python benchmarks/learning.py [--labels 100] [--steps 1200] [--eval-every 300]
+        [--image-size 64] [--prior none|teacher] [--model '{visual: {embed_dim: 48}}']
+
+Trains the embedded default's segmentor, supervised, on the labelled pairs (``--labels 5``: the
+default partition's; ``100``: every train pair) with everything held in memory (images decoded
+once, the frozen text encoder's features cached), so a CPU-second buys as many steps as it
+can, and reports at every ``--eval-every`` steps:
+
+- the learning curve: val oIoU / mIoU, and the predicted/true foreground area ratio (above 1:
+  the model over-predicts, e.g. lights up every shape);
+- oIoU per expression kind (attribute, spatial, ordinal, relation);
+- the text-swap check: on val images with two referred objects, the model is given each
+  object's expression in turn. ``moves``: 1 - IoU between the two predictions (0 = the text
+  changes nothing); ``own_target``: fraction of predictions closer (IoU) to their own
+  expression's object than to the other's.
+
+``--prior teacher``: a model handed the teacher prior (labelled pairs with their prior, prior
+dropout ``train.prior_dropout``), scored with and without it: the ceiling of the prior path.
+Writes ``benchmarks/results/learning[_<tag>].json``. Data: ``--data`` (a pipeline data folder
+with manifests/ and priors/), default a workspace built once under ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from common import RESULTS, _merge, describe_machine, synthetic_workspace, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "work" / "learning"
+KINDS = ("attribute", "spatial", "ordinal", "relation")
+
+
+def load_split(params: Any, selection: str, size: int, store: Any) -> dict[str, Any]:
+    """Every pair of a partition role or split, in memory at ``size`` px."""
+    import pyarrow.parquet as pq
+
+    from l2l_train.data import pair_source
+    from l2l_train.model import build_tokenizer
+
+    source = pair_source(params, selection, build_tokenizer(params.model.text), size, store)
+    manifest = pq.read_table(Path(params.paths.manifests) / "samples.parquet")
+    columns = {c: manifest[c].to_pylist() for c in ("sample_id", "expr_kind", "image_id")}
+    kind_of = dict(zip(columns["sample_id"], columns["expr_kind"], strict=True))
+    image_of = dict(zip(columns["sample_id"], columns["image_id"], strict=True))
+    rows = range(len(source))
+    priors = [source.prior(i) for i in rows]
+    images: dict[str, torch.Tensor] = {}  # one decode per image, shared by its pairs
+    for i in rows:
+        if source.image_path[i] not in images:
+            images[source.image_path[i]] = source.image(i)
+    return {
+        "image": torch.stack([images[source.image_path[i]] for i in rows]),
+        "mask": torch.stack([source.mask(i) for i in rows]),
+        "mask_original": [source.mask_original(i) for i in rows],
+        "prior": torch.stack([p for p, _ in priors]),
+        "prior_present": torch.tensor([ok for _, ok in priors]),
+        "expression": list(source.expression),
+        "kind": [kind_of[s] for s in source.sample_id],
+        "image_id": [image_of[s] for s in source.sample_id],
+        "ref_id": source.ref_id.tolist(),
+    }
+
+
+def predict(model, cache, data, rows, prior: bool, batch: int = 64) -> list[torch.Tensor]:
+    """Foreground masks at each pair's original resolution (threshold 0.5)."""
+    from l2l_train.data import normalize_images
+    from l2l_train.evaluate import upsample_logits
+
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            words, word_mask = cache.words([data["expression"][i] for i in chunk])
+            logits = model(
+                normalize_images(data["image"][chunk]),
+                None,
+                None,
+                data["prior"][chunk] if prior else None,
+                data["prior_present"][chunk] if prior else None,
+                words=words,
+                word_mask=word_mask,
+            )
+            for logit, i in zip(logits, chunk, strict=True):
+                size = tuple(data["mask_original"][i].shape)
+                out.append(upsample_logits(logit, size)[0] >= 0)
+    model.train()
+    return out
+
+
+def scores(model, cache, val, prior: bool) -> dict[str, Any]:
+    """Curve figures, per-kind oIoU and the text-swap check on ``val``."""
+    rows = list(range(len(val["expression"])))
+    preds = predict(model, cache, val, rows, prior)
+    gts = [m.bool() for m in val["mask_original"]]
+    inter = np.array([(p & g).sum().item() for p, g in zip(preds, gts, strict=True)])
+    union = np.array([(p | g).sum().item() for p, g in zip(preds, gts, strict=True)])
+    area = sum(p.sum().item() for p in preds) / max(1, sum(g.sum().item() for g in gts))
+    kinds = np.array(val["kind"])
+    per_kind = {
+        k: float(inter[kinds == k].sum() / max(1, union[kinds == k].sum()))
+        for k in KINDS
+        if (kinds == k).any()
+    }
+    # Text swap: the first two refs of each image with two or more, one expression each.
+    first_row: dict[tuple[int, int], int] = {}
+    for i, (image, ref) in enumerate(zip(val["image_id"], val["ref_id"], strict=True)):
+        first_row.setdefault((image, ref), i)
+    by_image: dict[int, list[int]] = {}
+    for (image, _), i in first_row.items():
+        by_image.setdefault(image, []).append(i)
+    moves, own = [], []
+    for rows_of_image in by_image.values():
+        for a, b in itertools.combinations(rows_of_image[:2], 2):
+            pa, pb = preds[a], preds[b]
+            moves.append(1 - (pa & pb).sum().item() / max(1, (pa | pb).sum().item()))
+            for p, mine, other in ((pa, gts[a], gts[b]), (pb, gts[b], gts[a])):
+                iou = [(p & g).sum().item() / max(1, (p | g).sum().item()) for g in (mine, other)]
+                own.append(iou[0] > iou[1])
+    return {
+        "oIoU": float(inter.sum() / max(1, union.sum())),
+        "mIoU": float(np.mean(inter / np.maximum(union, 1))),
+        "area_ratio": area,
+        "oIoU_per_kind": per_kind,
+        "text_swap": {
+            "pairs": len(moves),
+            "moves": float(np.mean(moves)),
+            "own_target": float(np.mean(own)),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=int, choices=(5, 100), default=100)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--eval-every", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--prior", choices=("none", "teacher"), default="none")
+    parser.add_argument("--model", type=yaml.safe_load, default={}, help="model.* overrides")
+    parser.add_argument("--train", type=yaml.safe_load, default={}, help="train.* overrides")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--data", type=Path, help="a pipeline data folder's params.yaml")
+    parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--tag", default="", help="suffix of the result file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from l2l_train.augment import flip_expression
+    from l2l_train.config import load_trainer_params
+    from l2l_train.data import normalize_images, open_teacher_store
+    from l2l_train.losses import supervised_loss
+    from l2l_train.model import build_segmentor, build_tokenizer
+    from l2l_train.text_cache import FrozenTextCache
+
+    data_params = args.data or args.work / "data" / "params.yaml"
+    if not data_params.is_file():
+        synthetic_workspace(data_params.parent, {})
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    merged = _merge(
+        base,
+        {
+            "model": args.model,
+            "train": args.train,
+            "paths": yaml.safe_load(data_params.read_text())["paths"],
+        },
+    )
+    params_path = args.work / "params.yaml"
+    args.work.mkdir(parents=True, exist_ok=True)
+    params_path.write_text(yaml.safe_dump(merged))
+    params = load_trainer_params(params_path)
+    store = open_teacher_store(params)
+    tick = time.perf_counter()
+    train = load_split(params, "labeled", args.image_size, store)
+    if args.labels == 100:
+        unlabeled = load_split(params, "unlabeled", args.image_size, store)
+        train = {
+            k: v + unlabeled[k] if isinstance(v, list) else torch.cat([v, unlabeled[k]])
+            for k, v in train.items()
+        }
+    val = load_split(params, params.eval.val_split, args.image_size, store)
+    load_s = time.perf_counter() - tick
+
+    torch.manual_seed(params.train.seed)
+    model = build_segmentor(params.model).train()
+    cache = FrozenTextCache(model.text, build_tokenizer(params.model.text), torch.device("cpu"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=params.train.weight_decay)
+    poly = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (1 - s / args.steps) ** params.train.poly_power
+    )
+    generator = torch.Generator().manual_seed(params.train.seed)
+    with_prior = args.prior == "teacher"
+    curve, n, tick = [], len(train["expression"]), time.perf_counter()
+    train_s = 0.0
+    for step in range(1, args.steps + 1):
+        rows = torch.randint(n, (args.batch_size,), generator=generator)
+        flip = torch.rand(args.batch_size, generator=generator) < params.train.augment.flip_prob
+        images = torch.where(
+            flip[:, None, None, None], train["image"][rows].flip(-1), train["image"][rows]
+        )
+        masks = torch.where(flip[:, None, None], train["mask"][rows].flip(-1), train["mask"][rows])
+        priors = torch.where(
+            flip[:, None, None, None], train["prior"][rows].flip(-1), train["prior"][rows]
+        )
+        texts = [
+            flip_expression(train["expression"][r]) if f else train["expression"][r]
+            for r, f in zip(rows.tolist(), flip.tolist(), strict=True)
+        ]
+        present = train["prior_present"][rows]
+        present &= torch.rand(args.batch_size, generator=generator) >= params.train.prior_dropout
+        words, word_mask = cache.words(texts)
+        logits = model(
+            normalize_images(images),
+            None,
+            None,
+            priors if with_prior else None,
+            present if with_prior else None,
+            words=words,
+            word_mask=word_mask,
+        )
+        loss = supervised_loss(logits, masks, params.train.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, params.train.grad_clip)
+        optimizer.step()
+        poly.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            train_s += time.perf_counter() - tick
+            point = {
+                "step": step,
+                "samples": step * args.batch_size,
+                "train_s": train_s,
+                "loss": loss.item(),
+            }
+            point["none"] = scores(model, cache, val, prior=False)
+            if with_prior:
+                point["teacher"] = scores(model, cache, val, prior=True)
+            curve.append(point)
+            print(json.dumps(point), flush=True)
+            tick = time.perf_counter()
+
+    result = {
+        "benchmark": "learning",
+        "machine": describe_machine(torch.device("cpu")),
+        "threads": torch.get_num_threads(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "train_pairs": n,
+        "val_pairs": len(val["expression"]),
+        "load_s": load_s,
+        "samples_per_s": args.steps * args.batch_size / train_s,
+        "curve": curve,
+    }
+    torch.save(model.state_dict(), args.work / "model.pt")  # for a closer look by hand
+    write_result(RESULTS / f"learning{'_' + args.tag if args.tag else ''}.json", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Features of a *frozen* text encoder, computed once per training expression.
+
+With ``model.text.trainable: false`` an expression's word features never change, yet a step
+encodes every labelled, weak and strong expression and the ``text_candidates + 1`` EDA
+candidates of every unlabelled one (about 40 % of the embedded default's step FLOPs). The
+training expressions (and their left/right-flipped forms, the weak view's text) are encoded
+once, when the cache is built; a text outside that table (an EDA edit) is encoded when asked
+for, with the other such texts of the same call.
+
+Exactness: the table is filled in one fixed order, and an outside text is encoded only with
+the texts of its own call, never in company that depends on what was asked before. Encoder
+kernels round differently for other batch shapes, so this is what lets a resumed run compute
+bitwise the features an uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from l2l_train.augment import flip_expression
+from l2l_train.model.text import TextEncoder, TextTokenizer
+
+# Texts per text-encoder call when filling the table.
+ENCODE_BATCH = 256
+
+
+class FrozenTextCache:
+    """Word features (B, T, D) and sentence embeddings (B, D) of expressions, from a frozen
+    :class:`~l2l_train.model.text.TextEncoder`; the training expressions are encoded once."""
+
+    def __init__(
+        self,
+        text: TextEncoder,
+        tokenizer: TextTokenizer,
+        device: torch.device,
+        expressions: Iterable[str] = (),
+    ) -> None:
+        if text.trainable:
+            raise ValueError("FrozenTextCache needs a frozen text encoder (model.text.trainable)")
+        self.text, self.tokenizer, self.device = text, tokenizer, device
+        table = sorted({form for e in expressions for form in (e, flip_expression(e))})
+        self.table: dict[str, Tensor] = {}  # text -> (L, D) features of its real tokens
+        for start in range(0, len(table), ENCODE_BATCH):
+            chunk = table[start : start + ENCODE_BATCH]
+            self.table.update(zip(chunk, self._encode(chunk), strict=True))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @torch.no_grad()
+    def _encode(self, texts: Sequence[str]) -> list[Tensor]:
+        """One encoder call: (L_i, D) features of each text's real tokens."""
+        input_ids, attention_mask = self.tokenizer(texts)
+        # Padding past the longest text changes no real token's features: cut it.
+        length = int(attention_mask.sum(1).max())
+        words, word_mask = self.text(
+            input_ids[:, :length].to(self.device), attention_mask[:, :length].to(self.device)
+        )
+        return [features[mask] for features, mask in zip(words.float(), word_mask, strict=True)]
+
+    def _features(self, texts: Sequence[str]) -> list[Tensor]:
+        outside = list(dict.fromkeys(t for t in texts if t not in self.table))
+        encoded = dict(zip(outside, self._encode(outside), strict=True)) if outside else {}
+        return [self.table[t] if t in self.table else encoded[t] for t in texts]
+
+    def words(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Returns: words (B, T, D) zero-padded to the longest text and word_mask (B, T) bool,
+        True on real tokens (as :meth:`TextEncoder.forward` gives them, padding cut)."""
+        rows = self._features(texts)
+        length = max(r.shape[0] for r in rows)
+        words = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+        word_mask = torch.zeros(len(rows), length, dtype=torch.bool, device=words.device)
+        for i, row in enumerate(rows):
+            words[i, : row.shape[0]] = row
+            word_mask[i, : row.shape[0]] = True
+        return words, word_mask
+
+    def sentences(self, texts: Sequence[str]) -> Tensor:
+        """Returns: (B, D) mean-pooled word features, the sentence embedding MiniLM was trained
+        for (the EDA candidates' similarity filter)."""
+        return torch.stack([row.mean(0) for row in self._features(texts)])
