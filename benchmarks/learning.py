@@ -135,8 +135,8 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
         "oIoU_per_kind": per_kind,
         "text_swap": {
             "pairs": len(moves),
-            "moves": float(np.mean(moves)),
-            "own_target": float(np.mean(own)),
+            "moves": float(np.mean(moves)) if moves else None,
+            "own_target": float(np.mean(own)) if own else None,
         },
     }
 
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, help="a pipeline data folder's params.yaml")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--tag", default="", help="suffix of the result file")
+    parser.add_argument(
+        "--out", type=Path, help="result file (default: results/learning[_tag].json)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -266,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         "curve": curve,
     }
     torch.save(model.state_dict(), args.work / "model.pt")  # for a closer look by hand
-    write_result(RESULTS / f"learning{'_' + args.tag if args.tag else ''}.json", result)
+    out = args.out or RESULTS / f"learning{'_' + args.tag if args.tag else ''}.json"
+    write_result(out, result)
 
 
 if __name__ == "__main__":

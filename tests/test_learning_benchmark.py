@@ -1,0 +1,46 @@
+"""benchmarks/learning.py runs end to end on a tiny workspace and reports every diagnostic."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from trainer_workspace import build_workspace
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def learning():
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared `common` module
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return learning
+
+
+@pytest.mark.slow
+def test_curve_kinds_text_swap_and_teacher_scores(learning, tmp_path):
+    workspace = build_workspace(tmp_path / "ws")
+    out = tmp_path / "learning.json"
+    learning.main(
+        [
+            *("--data", str(workspace), "--work", str(tmp_path / "work"), "--out", str(out)),
+            *("--labels", "5", "--prior", "teacher", "--steps", "2", "--eval-every", "1"),
+            *("--batch-size", "2", "--model", "{visual: {embed_dim: 8}, decoder_dim: 16}"),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert [p["step"] for p in result["curve"]] == [1, 2]
+    for point in result["curve"]:
+        for mode in ("none", "teacher"):
+            scores = point[mode]
+            assert 0 <= scores["oIoU"] <= 1 and scores["area_ratio"] >= 0
+            assert set(scores["oIoU_per_kind"]) <= {"attribute", "spatial", "ordinal", "relation"}
+            assert scores["oIoU_per_kind"]
+            swap = scores["text_swap"]
+            assert swap["pairs"] > 0 and 0 <= swap["moves"] <= 1 and 0 <= swap["own_target"] <= 1
+    assert result["train_pairs"] > 0 and result["val_pairs"] > 0
