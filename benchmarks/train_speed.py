@@ -182,7 +182,15 @@ def build_setup(params: TrainerParams, *, random_init: bool, total_steps: int) -
     model = build_segmentor(params.model, load_weights=not random_init).to(rt.device).train()
     return Setup(
         params,
-        Trainer(params, plan, rt, model, tokenizer, total_steps),
+        Trainer(
+            params,
+            plan,
+            rt,
+            model,
+            tokenizer,
+            total_steps,
+            source_x.expression + source_u.expression,
+        ),
         LabeledPairs(source_x, cfg.seed, cfg.augment),
         UnlabeledPairs(source_u, cfg.seed, cfg.augment),
     )

@@ -11,6 +11,8 @@ own store part.
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 import os
 from collections.abc import Callable
@@ -100,15 +102,15 @@ def select_pairs(cfg: PipelineConfig, split: str) -> pa.Table:
 
 
 def pair_image_hashes(pairs: list[dict], root: Path) -> list[str]:
-    """Content hash of each pair's image (each file read once). An unreadable file hashes
-    its path instead, so its pairs still get a key (and an UNREADABLE_IMAGE row) rather than
-    stopping the run."""
+    """Content hash (hex) of each pair's image (each file read once). An unreadable file
+    hashes its path instead, so its pairs still get a key (and the teacher's row for it)
+    rather than stopping the run; hex too, since shards are picked by the hash's value."""
     hashes: dict[str, str] = {}
     for path in dict.fromkeys(p["image_path"] for p in pairs):
         try:
             hashes[path] = image_content_hash(root / path)
         except OSError:
-            hashes[path] = "unreadable:" + path
+            hashes[path] = hashlib.sha256(f"unreadable:{path}".encode()).hexdigest()
     return [hashes[p["image_path"]] for p in pairs]
 
 

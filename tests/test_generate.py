@@ -180,3 +180,23 @@ def test_bad_split_and_shard_are_named(dataset, tmp_path):
         Shard.parse("2")
     with pytest.raises(ValueError, match="0 <= i < K"):
         Shard.parse("2/2")
+
+
+def test_a_missing_image_does_not_stop_generation(dataset, tmp_path):
+    """Its pairs get keys (hex, so any shard can own them) and rows; the others are computed."""
+    import shutil
+
+    from pipeline.datasets.manifest import image_root
+
+    cfg = config_for(dataset, tmp_path / "priors")
+    pairs = select_pairs(cfg, "unlabeled").to_pylist()
+    root = image_root(cfg.paths.samples)
+    moved = tmp_path / "moved.png"
+    shutil.move(root / pairs[0]["image_path"], moved)
+    try:
+        summaries = [generate(cfg, "unlabeled", shard=Shard(i, 2)) for i in range(2)]
+    finally:
+        shutil.move(moved, root / pairs[0]["image_path"])
+    assert sum(s.computed for s in summaries) == len(pairs)
+    assert sum(n for s in summaries for n in s.status_counts.values()) == len(pairs)
+    assert set(stored(cfg)) == {p["sample_id"] for p in pairs}
