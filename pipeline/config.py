@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -281,8 +282,7 @@ class PathsConfig:
         return Path(self.manifests) / "partition.parquet"
 
 
-# Where a teacher model runs: "auto" picks the current CUDA device when there is one (under
-# torchrun each worker has set its own), else the CPU.
+# Where a teacher model runs: "auto" picks a CUDA device when there is one, else the CPU.
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -292,7 +292,9 @@ def _check_device(device: str) -> None:
 
 
 def resolve_placement(device: str, dtype: str) -> tuple[str, str]:
-    """Resolve a teacher's ``device`` and ``dtype`` settings ("auto" allowed in both).
+    """Resolve a teacher's ``device`` and ``dtype`` settings ("auto" allowed in both); plain
+    ``cuda`` (or auto on a GPU machine) means ``cuda:$LOCAL_RANK``, so torchrun's workers each
+    take their own GPU.
 
     Returns:
         (torch device string, torch dtype name): "auto" dtype is bfloat16 on CUDA, where the
@@ -303,6 +305,9 @@ def resolve_placement(device: str, dtype: str) -> tuple[str, str]:
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        # One worker per GPU under torchrun: plain "cuda" would put every worker on GPU 0.
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if dtype == "auto":
         dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
     return device, dtype

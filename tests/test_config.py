@@ -99,3 +99,36 @@ def test_missing_file_and_non_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping of sections"):
         load_pipeline_config(path)
+
+
+@pytest.mark.parametrize(
+    ("device", "local_rank", "expected"),
+    [
+        ("auto", None, "cuda:0"),
+        ("auto", "3", "cuda:3"),
+        ("cuda", "1", "cuda:1"),
+        ("cuda:2", "1", "cuda:2"),
+    ],
+)
+def test_teacher_device_follows_local_rank(monkeypatch, device, local_rank, expected):
+    """torchrun's workers each take their own GPU; an explicit cuda:N is kept."""
+    import torch
+
+    from pipeline.config import resolve_placement
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert resolve_placement(device, "auto") == (expected, "bfloat16")
+
+
+def test_teacher_device_without_cuda_is_the_cpu(monkeypatch):
+    import torch
+
+    from pipeline.config import resolve_placement
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_placement("auto", "auto") == ("cpu", "float32")
