@@ -325,7 +325,9 @@ class MLLMConfig:
         '[{{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "{expression}"}}]'
     )
     batch_size: int = bounded(16, 1)  # pairs per generate call (left-padded)
-    max_new_tokens: int = bounded(64, 1)
+    # The prompt asks for the expression back inside the JSON, and Qwen tokenises digits one
+    # by one: ~55 tokens for a one-word expression, ~75 for 21 words. 64 cut answers off.
+    max_new_tokens: int = bounded(128, 1)
     # Benchmarks set this so random-weight models answer at full length instead of stopping
     # at the first end-of-turn token; 0 for real runs.
     min_new_tokens: int = bounded(0, 0)

@@ -42,6 +42,17 @@ FENCED = (
             PriorStatus.OK,
             [Cue((10, 20, 30, 40), (15, 25), None)],
         ),
+        # Corners in the wrong order: the box is the same rectangle.
+        ('[{"bbox_2d": [30, 40, 10, 20]}]', PriorStatus.OK, [Cue((10, 20, 30, 40), None, None)]),
+        ('[{"bbox_2d": [10, 40, 30, 20]}]', PriorStatus.OK, [Cue((10, 20, 30, 40), None, None)]),
+        # A box nested once, and a box as two corner points.
+        ('[{"bbox_2d": [[10, 20, 30, 40]]}]', PriorStatus.OK, [Cue((10, 20, 30, 40), None, None)]),
+        ("[[10, 20, 30, 40]]", PriorStatus.OK, [Cue((10, 20, 30, 40), None, None)]),
+        (
+            '{"bbox_2d": [[30, 40], [10, 20]], "label": "c"}',
+            PriorStatus.OK,
+            [Cue((10, 20, 30, 40), None, "c")],
+        ),
         # Objects listed without an enclosing list.
         (
             '{"bbox_2d": [1, 2, 3, 4]}, {"bbox_2d": [5, 6, 7, 8]}',

@@ -8,7 +8,8 @@ Everything parsed here stays in that *input frame* until :func:`input_to_origina
 
 What a model says is untrusted text, so :func:`parse_answer` accepts, in order of preference:
 a ```json fenced block or bare JSON (a list of objects, one object, or a bare ``[x1, y1, x2,
-y2]``), boxes given as strings, prose around the JSON; and when the JSON does not decode
+y2]``), boxes given as strings, nested once or as two corner pairs, corners in either order,
+prose around the JSON; and when the JSON does not decode
 (truncated by ``max_new_tokens``, single quotes, a missing comma) it salvages every complete
 ``bbox_2d`` / ``point_2d`` it can still read. Every answer gets a status, the store's :class:`PriorStatus`.
 No torch, no transformers.
@@ -90,12 +91,31 @@ def _numbers(value: Any, n: int) -> tuple[float, ...] | None:
     return out if all(math.isfinite(v) for v in out) else None
 
 
+def _box(value: Any) -> BoxXYXY | None:
+    """An XYXY box from the shapes models give: ``[x1, y1, x2, y2]`` (also as a string),
+    nested once (``[[x1, y1, x2, y2]]``) or as two corners (``[[x1, y1], [x2, y2]]``); corners
+    in either order (a model may name the bottom-right one first)."""
+    if isinstance(value, list | tuple) and len(value) == 1 and isinstance(value[0], list):
+        value = value[0]
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(corner, list | tuple) and len(corner) == 2 for corner in value)
+    ):
+        value = [*value[0], *value[1]]
+    numbers = _numbers(value, 4)
+    if numbers is None:
+        return None
+    x1, y1, x2, y2 = numbers
+    return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
+
+
 def _first_key(obj: dict, keys: Sequence[str]) -> Any:
     return next((obj[k] for k in keys if k in obj), None)
 
 
 def _cue_from_object(obj: dict) -> Cue | None:
-    box = _numbers(_first_key(obj, _BOX_KEYS), 4)
+    box = _box(_first_key(obj, _BOX_KEYS))
     point = _numbers(_first_key(obj, _POINT_KEYS), 2)
     if box is None and point is None:
         return None
@@ -109,7 +129,7 @@ def _cues_from_json(value: Any) -> list[Cue]:
         value = [value]
     if not isinstance(value, list):
         return []
-    bare_box = _numbers(value, 4)
+    bare_box = _box(value)
     if bare_box is not None:
         return [Cue(bare_box, None, None)]
     cues = (_cue_from_object(item) for item in value if isinstance(item, dict))
@@ -147,7 +167,7 @@ def _salvage_cues(body: str) -> list[Cue]:
         label = _SALVAGE_LABEL.search(chunk)
         cues.append(
             Cue(
-                _numbers([float(g) for g in box.groups()], 4) if box else None,
+                _box([float(g) for g in box.groups()]) if box else None,
                 _numbers([float(g) for g in point.groups()], 2) if point else None,
                 label.group(1) if label else None,
             )
