@@ -19,8 +19,10 @@ import numpy as np
 from pipeline.config import PipelineConfig, PriorsConfig, config_hash, to_dict
 from pipeline.store import PriorStatus
 
-# Settings that change how fast a teacher runs, not what it answers.
-RUNTIME_ONLY = frozenset({"batch_size", "attn_implementation", "device", "dtype"})
+# Settings that change how fast a teacher runs, not what it answers. Not dtype: bf16 and
+# fp32 give different masks (the setting as written, so "auto" names one identity on every
+# machine and the trainer finds the priors wherever they were made).
+RUNTIME_ONLY = frozenset({"batch_size", "attn_implementation", "device"})
 # Bump when the simulation's behaviour changes, so old simulated priors are not reused.
 SIMULATION_VERSION = 1
 

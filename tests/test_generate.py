@@ -200,3 +200,16 @@ def test_a_missing_image_does_not_stop_generation(dataset, tmp_path):
     assert sum(s.computed for s in summaries) == len(pairs)
     assert sum(n for s in summaries for n in s.status_counts.values()) == len(pairs)
     assert set(stored(cfg)) == {p["sample_id"] for p in pairs}
+
+
+def test_teacher_dtype_is_part_of_the_identity_and_batch_size_is_not():
+    """bf16 and fp32 give different masks: their priors must not share keys."""
+    from pipeline.config import PriorsConfig
+
+    base = PriorsConfig(teacher="qwen-sam2")
+    as_bf16 = dataclasses.replace(base, mllm=dataclasses.replace(base.mllm, dtype="bfloat16"))
+    sam2_fp32 = dataclasses.replace(base, sam2=dataclasses.replace(base.sam2, dtype="float32"))
+    batched = dataclasses.replace(base, mllm=dataclasses.replace(base.mllm, batch_size=64))
+    hashes = {teacher_hash(c) for c in (base, as_bf16, sam2_fp32)}
+    assert len(hashes) == 3
+    assert teacher_hash(batched) == teacher_hash(base)
