@@ -70,20 +70,17 @@ def logits_to_prob(logits: torch.Tensor, size: int) -> SoftMasks:
 
 
 def point_prompts(points_original: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One foreground point per prompt in SAM2's layout; rows with NaN have no point.
-
-    A row without a point gets SAM's padding label -1 ("not a point"), so prompts with and
-    without points still share one batched decoder call.
+    """One foreground point per prompt in SAM2's layout.
 
     Shapes:
-        points_original: (n, 2) XY original pixels, NaN rows for "no point".
+        points_original: (n, 2) XY original pixels, all finite.
     Returns:
-        coords (n, 1, 2) float32 (0 where absent), labels (n, 1) int32 (1 or -1).
+        coords (n, 1, 2) float32, labels (n, 1) int32 (1: foreground).
     """
-    has_point = np.isfinite(points_original).all(axis=1)
-    coords = np.where(has_point[:, None], points_original, 0.0).astype(np.float32)
-    labels = np.where(has_point, 1, -1).astype(np.int32)
-    return coords[:, None, :], labels[:, None]
+    if not np.isfinite(points_original).all():
+        raise ValueError("point_prompts: every point must be finite (prompt NaN rows box-only)")
+    coords = np.asarray(points_original, dtype=np.float32)[:, None, :]
+    return coords, np.ones((len(coords), 1), dtype=np.int32)
 
 
 class SAM2Prior:
@@ -144,7 +141,7 @@ class SAM2Prior:
         boxes = np.asarray(boxes_original, dtype=np.float32)
         if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
             raise ValueError(f"predict: expected boxes of shape (n, 4), n >= 1, got {boxes.shape}")
-        coords = labels = None
+        has_point = np.zeros(len(boxes), bool)
         if self.cfg.use_points:
             if points_original is None:
                 raise ValueError("predict: priors.sam2.use_points is on but no points were given")
@@ -153,7 +150,29 @@ class SAM2Prior:
                 raise ValueError(
                     f"predict: expected points of shape ({len(boxes)}, 2), got {points.shape}"
                 )
-            coords, labels = point_prompts(points)
+            has_point = np.isfinite(points).all(axis=1)
+        # Prompts with and without a point go to SAM2 in separate calls: in one batch, a
+        # pointless row would carry a padding point, which shifts its mask (by up to 0.02)
+        # from the box-only prompt it is.
+        logits = torch.empty(0)
+        scores = torch.empty(0)
+        for rows in (np.flatnonzero(~has_point), np.flatnonzero(has_point)):
+            if len(rows) == 0:
+                continue
+            coords, labels = point_prompts(points[rows]) if has_point[rows[0]] else (None, None)
+            group_logits, group_scores = self._prompt(boxes[rows], coords, labels)
+            if logits.numel() == 0:
+                logits = group_logits.new_empty(len(boxes), *group_logits.shape[1:])
+                scores = group_scores.new_empty(len(boxes), *group_scores.shape[1:])
+            logits[rows], scores[rows] = group_logits, group_scores
+        return logits_to_prob(best_mask_logits(logits, scores), self.size)
+
+    def _prompt(
+        self, boxes: np.ndarray, coords: np.ndarray | None, labels: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched SAM2 decoder call. Returns: logits (n, C, h, w), scores (n, C)."""
+        import torch
+
         with torch.inference_mode(), self._autocast():
             _, scores, logits = self.predictor.predict(
                 point_coords=coords,
@@ -164,8 +183,7 @@ class SAM2Prior:
             )
         # The predictor squeezes a batch of one away; restore (n, C, h, w) / (n, C).
         logits = torch.from_numpy(logits).reshape(len(boxes), -1, *logits.shape[-2:])
-        scores = torch.from_numpy(scores).reshape(len(boxes), -1)
-        return logits_to_prob(best_mask_logits(logits, scores), self.size)
+        return logits, torch.from_numpy(scores).reshape(len(boxes), -1)
 
 
 def build_sam2_prior(
