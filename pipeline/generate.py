@@ -12,7 +12,6 @@ own store part.
 from __future__ import annotations
 
 import hashlib
-
 import logging
 import os
 from collections.abc import Callable
