@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from benchmark_scripts import BENCHMARKS, import_benchmark
 
 from l2l_train.config import load_trainer_params
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared `common` module
-    try:
-        import ablation
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return ablation
+    return import_benchmark("ablation")
 
 
 @pytest.mark.parametrize("name", ["supervised", "fixmatch", "spm", "spm_sesm", "full"])

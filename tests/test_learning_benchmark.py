@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import import_benchmark
 from trainer_workspace import build_workspace
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def learning():
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared `common` module
-    try:
-        import learning
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return learning
+    return import_benchmark("learning")
 
 
 @pytest.mark.slow
