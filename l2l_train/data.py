@@ -325,7 +325,7 @@ class LabeledPairs(Dataset):
     """Labelled visits: the weak view (random flip with left/right swapped in the text).
 
     Item: img_x (3, S, S) uint8, mask_x (S, S) uint8 {0, 1}, prior_x (1, S, S) float,
-    prior_present_x bool, input_ids_x / attention_mask_x (T,), expr_x str.
+    prior_present_x bool, expr_x str (the step encodes the text, or reads its cached features).
     """
 
     def __init__(self, source: PairSource, seed: int, augment: AugmentConfig) -> None:
@@ -335,14 +335,11 @@ class LabeledPairs(Dataset):
 
     def __getitem__(self, visit: int) -> dict[str, Any]:
         _, view, present, _ = _weak(self.source, self.visits, visit, self.augment.flip_prob)
-        input_ids, attention_mask = self.source.tokens(view.expression)
         return {
             "img_x": view.image,
             "mask_x": view.mask,
             "prior_x": view.prior,
             "prior_present_x": present,
-            "input_ids_x": input_ids,
-            "attention_mask_x": attention_mask,
             "expr_x": view.expression,
         }
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from trainer_workspace import IMAGE_SIZE, MAX_TOKENS, build_workspace
+from trainer_workspace import IMAGE_SIZE, build_workspace
 
 from l2l_train.config import AugmentConfig, load_trainer_params
 from l2l_train.data import (
@@ -146,7 +146,6 @@ def test_labeled_item_shapes_and_dtypes(sources):
     assert item["mask_x"].shape == (IMAGE_SIZE, IMAGE_SIZE) and item["mask_x"].dtype == torch.uint8
     assert set(item["mask_x"].unique().tolist()) <= {0, 1} and item["mask_x"].any()
     assert item["prior_x"].shape == (1, IMAGE_SIZE, IMAGE_SIZE)
-    assert item["input_ids_x"].shape == item["attention_mask_x"].shape == (MAX_TOKENS,)
     assert isinstance(item["expr_x"], str) and item["prior_present_x"] is False
 
 
