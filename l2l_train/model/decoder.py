@@ -11,17 +11,22 @@ from torch import nn
 
 # Channels of the full-resolution refinement: small, since it runs on every input pixel.
 FINE_DIM = 16
-# GroupNorm groups of the decoder's convolutions. Group statistics are per sample, so a
-# prior-conditioned weak pass and a prior-free evaluation normalise alike (BatchNorm's running
-# averages mix the two).
+# GroupNorm groups of the encoder's and decoder's convolutions. Group statistics are per
+# sample, so pairs with and without a prior in one batch (conditioning feeds every later layer)
+# normalise alike, as they do at evaluation (BatchNorm's running averages mix the two).
 NORM_GROUPS = 8
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with :data:`NORM_GROUPS` groups (fewer when there are fewer channels)."""
+    return nn.GroupNorm(min(NORM_GROUPS, channels), channels)
 
 
 def conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 convolution (no bias: the norm has one), GroupNorm, ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.GroupNorm(min(NORM_GROUPS, out_channels), out_channels),
+        group_norm(out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -39,7 +44,6 @@ class FPNDecoder(nn.Module):
             nn.Sequential(conv_norm_relu(channels, dim), conv_norm_relu(dim, dim))
             for channels in inputs
         )
-        self.dim = dim
 
     def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Shapes: maps[i] (B, C_i, h_i, w_i), shallowest first.

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from l2l_train.config import VisualConfig
+from l2l_train.model.decoder import group_norm
 from l2l_train.model.pretrained import from_pretrained_strict, local_model_folder
 
 # A Swin checkpoint from an ImageNet classifier carries its head; the encoder has no use for it.
@@ -85,15 +86,6 @@ class SwinStages(nn.Module):
                 tokens = stage.downsample(tokens, grid)
                 grid = halve_grid(grid)
         return maps
-
-
-# GroupNorm groups in the ResNet encoder: per-sample statistics, so a batch that mixes pairs
-# with and without a prior (conditioning feeds the next stage) normalises each pair alike.
-RESNET_NORM_GROUPS = 8
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(RESNET_NORM_GROUPS, channels), channels)
 
 
 class ResNetStages(nn.Module):
