@@ -62,7 +62,6 @@ from common import (
     write_result,
 )
 
-from l2l_train.augment import strong_expressions
 from l2l_train.config import TrainerParams, load_trainer_params
 from l2l_train.data import (
     LabeledPairs,
@@ -72,9 +71,13 @@ from l2l_train.data import (
     split_eval_only,
     train_loader,
 )
-from l2l_train.loop import Trainer, plan_method, start_runtime, to_device
+from l2l_train.eda import strong_expressions
 from l2l_train.model import build_segmentor, build_tokenizer, count_parameters
 from l2l_train.model.segmentor import paper_size_config
+from l2l_train.runtime import start_runtime, to_device
+from l2l_train.step import Student
+from l2l_train.targets import plan_method
+from l2l_train.trainer import Trainer
 from pipeline.config import to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,13 +186,8 @@ def build_setup(params: TrainerParams, *, random_init: bool, total_steps: int) -
     return Setup(
         params,
         Trainer(
-            params,
-            plan,
-            rt,
-            model,
-            tokenizer,
+            Student(cfg, plan, rt, model, tokenizer, source_x.expression + source_u.expression),
             total_steps,
-            source_x.expression + source_u.expression,
         ),
         LabeledPairs(source_x, cfg.seed, cfg.augment),
         UnlabeledPairs(source_u, cfg.seed, cfg.augment),
@@ -199,7 +197,7 @@ def build_setup(params: TrainerParams, *, random_init: bool, total_steps: int) -
 def train_step(trainer: Trainer, batch_x: dict[str, Any], batch_u: dict[str, Any] | None) -> None:
     """One step as the training loop takes it from its loaders: batches to the device, the
     unlabelled batch's ground truth split off, :meth:`Trainer.step`."""
-    device = trainer.rt.device
+    device = trainer.student.rt.device
     train_u = None if batch_u is None else split_eval_only(to_device(batch_u, device))[0]
     trainer.step(to_device(batch_x, device), train_u)
 
@@ -213,7 +211,7 @@ def batch_pairs(setup: Setup, *, num_workers: int) -> Iterator[Batches]:
         "rank": 0,
         "world": 1,
         "num_workers": num_workers,
-        "pin_memory": setup.trainer.rt.device.type == "cuda",
+        "pin_memory": setup.trainer.student.rt.device.type == "cuda",
     }
     loader_x = train_loader(setup.data_x, cfg.batch_size_x, **common)
     loader_u = train_loader(setup.data_u, cfg.batch_size_u, **common)
@@ -232,15 +230,16 @@ def step_flops(trainer: Trainer, batches: Batches) -> dict[str, Any]:
     Each count runs its piece once more, which trains the model a step: harmless here.
     """
     batch_x, batch_u = batches
-    train_u = split_eval_only(to_device(batch_u, trainer.rt.device))[0]
-    _, weak = count_flops(lambda: trainer.weak_targets(train_u))
+    student = trainer.student
+    train_u = split_eval_only(to_device(batch_u, student.rt.device))[0]
+    _, weak = count_flops(lambda: student.weak_targets(train_u))
     _, text_filter = count_flops(
         lambda: strong_expressions(
             train_u["expr_u_w"],
-            trainer.embed,
-            trainer.cfg.augment,
-            trainer.synonyms,
-            trainer.text_rng,
+            student.embed,
+            student.cfg.augment,
+            student.synonyms,
+            student.text_rng,
         )
     )
     _, step = count_flops(lambda: train_step(trainer, batch_x, batch_u))
@@ -281,7 +280,7 @@ def measure(
     # The poly schedule must not reach zero within the run: AdamW still does all its work
     # at lr 0, but a benchmark should not lean on that.
     setup = build_setup(params, random_init=random_init, total_steps=10 * used)
-    trainer, device = setup.trainer, setup.trainer.rt.device
+    trainer, device = setup.trainer, setup.trainer.student.rt.device
 
     tick = time.perf_counter()
     collected = list(itertools.islice(batch_pairs(setup, num_workers=0), used))
@@ -324,12 +323,12 @@ def measure(
             "batch_size_x": cfg.batch_size_x,
             "batch_size_u": cfg.batch_size_u,
             "num_workers": cfg.num_workers,
-            "amp_bf16": trainer.rt.amp,
+            "amp_bf16": trainer.student.rt.amp,
             "random_init": random_init,
             "model": to_dict(params.model),
             "parameters": {
-                "trainable": count_parameters(trainer.model),
-                "total": count_parameters(trainer.model, trainable_only=False),
+                "trainable": count_parameters(trainer.student.model),
+                "total": count_parameters(trainer.student.model, trainable_only=False),
             },
             "pairs": {"labeled": len(setup.data_x.source), "unlabeled": len(setup.data_u.source)},
             "steps_per_block": steps,

@@ -8,13 +8,40 @@ folder and renamed over the target, so a crash mid-write leaves the previous che
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from l2l_train.config import TrainerParams
+from pipeline.config import to_dict
+from pipeline.teacher import teacher_identity
+
+log = logging.getLogger(__name__)
+
+# Settings that change how a run executes or is reported, not what it learns: a checkpoint
+# written under other values of these still resumes.
+RUNTIME_KEYS = (
+    "eval",
+    "paths",
+    "data.workers",
+    "data.verify_images",
+    "train.num_workers",
+    "train.log_every",
+    "train.checkpoint_every_steps",
+    "train.device",
+    "train.amp",
+)
+
+
+class ConfigMismatchError(RuntimeError):
+    """``latest`` was written under a config that differs in keys that shape the run."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -80,3 +107,53 @@ def config_differences(
         for k in keys
         if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in ignore)
     ]
+
+
+def run_identity(params: TrainerParams) -> dict[str, Any]:
+    """The resolved config a run's state depends on: everything but the teacher's runtime
+    settings (the teacher enters through what makes its priors)."""
+    config = to_dict(params)
+    config.pop("priors")
+    config["teacher"] = teacher_identity(params.priors)
+    return config
+
+
+def resumable_checkpoint(
+    path: Path, params: TrainerParams, total_steps: int, restart_if_stale: bool
+) -> dict[str, Any] | None:
+    """``latest`` to resume from, None when there is none.
+
+    A checkpoint written under other params raises :class:`ConfigMismatchError` naming the
+    differing keys. With ``restart_if_stale`` (what ``dvc repro`` wants: a changed param, or
+    changed code behind a finished run, means a new run) such a checkpoint, or one of a
+    finished run, is set aside and training starts from scratch; an unfinished run with the
+    same params still resumes.
+    """
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    differing = config_differences(ckpt["identity"], run_identity(params), ignore=RUNTIME_KEYS)
+    if differing and not restart_if_stale:
+        raise ConfigMismatchError(
+            f"{path} was written by a run with different params ({', '.join(differing)}); "
+            f"restore them to resume, or pass --restart to train from scratch"
+        )
+    if differing:
+        log.info("%s has other params (%s): training from scratch", path, ", ".join(differing))
+        return None
+    if restart_if_stale and ckpt["progress"]["step"] >= total_steps:
+        log.info("%s is a finished run: training again from scratch", path)
+        return None
+    return ckpt
+
+
+@dataclass
+class RunState:
+    """Where a run stands; saved in every checkpoint."""
+
+    step: int = 0
+    visits_x: int = 0  # global visits consumed from each stream
+    visits_u: int = 0
+    best_oiou: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics

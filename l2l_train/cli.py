@@ -81,7 +81,8 @@ def run(
     train.checkpoint_every_steps, best.pt by validation oIoU) and per-epoch metrics to
     paths.metrics/train (dvclive). Resumes from latest.pt when its params match.
     """
-    from l2l_train.loop import ConfigMismatchError, StepInfo, run_training
+    from l2l_train.checkpoint import ConfigMismatchError
+    from l2l_train.loop import StepInfo, run_training
 
     cfg = _load(params)
     columns = (

@@ -23,7 +23,7 @@ fixmatch runs only the last two are drawn.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ from l2l_train.data import (
 from l2l_train.evaluate import model_from_checkpoint, resolve_device
 from l2l_train.losses import IGNORE_INDEX
 from l2l_train.metrics import binarize, intersection_union, pair_iou
+from l2l_train.runtime import to_device
 from l2l_train.spm import certainty
+from l2l_train.step import Student
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +111,19 @@ class UnlabeledViews:
     has_gt: Tensor  # (N,) bool
 
 
-def unlabeled_views(trainer: Any, data_u: UnlabeledPairs, count: int) -> UnlabeledViews:
-    """Run the trainer's weak pass (agent without exploration noise) over the first ``count``
+def unlabeled_views(student: Student, data_u: UnlabeledPairs, count: int) -> UnlabeledViews:
+    """Run the student's weak pass (agent without exploration noise) over the first ``count``
     visits of the unlabelled stream (at most one pass over its refs)."""
-    from l2l_train.loop import to_device
-
-    device = trainer.rt.device
+    device = student.rt.device
     count = min(count, len(data_u.visits))
     batch_size = min(count, 32)
     loader = train_loader(data_u, batch_size, start=0, rank=0, world=1, num_workers=0)
     parts: list[dict[str, Any]] = []
     for batch in loader:
         train_u, eval_u = split_eval_only(to_device(batch, device))
-        targets, _, _ = trainer.weak_targets(train_u, explore=False)
+        targets = student.weak_targets(train_u, explore=False).targets
         model = own_probability(
-            trainer.model,
+            student.model,
             train_u["img_u_w"],
             train_u["input_ids_u_w"],
             train_u["attention_mask_u_w"],
@@ -332,8 +332,9 @@ def render_figures(params: TrainerParams, out_dir: str | Path | None = None) -> 
     changed since; paths and the figure settings come from ``params``.
     """
     from l2l_train.config import TrainConfig
-    from l2l_train.loop import Runtime, Trainer, plan_method
     from l2l_train.model import build_tokenizer
+    from l2l_train.runtime import Runtime
+    from l2l_train.targets import plan_method
     from pipeline.config import build_section
 
     settings = params.figures
@@ -356,14 +357,13 @@ def render_figures(params: TrainerParams, out_dir: str | Path | None = None) -> 
     train_cfg = build_section(TrainConfig, ckpt["config"]["train"], "train")
     plan = plan_method(train_cfg)
     if plan.teacher:
-        run_params = replace(params, train=train_cfg, model=model_cfg)
-        trainer = Trainer(run_params, plan, Runtime(device=device), model, tokenizer, 1)
-        if trainer.agent is not None:
-            trainer.agent.load_state_dict(ckpt["agent"])
+        student = Student(train_cfg, plan, Runtime(device=device), model, tokenizer)
+        if student.agent is not None:
+            student.agent.load_state_dict(ckpt["agent"])
         store = open_teacher_store(params)
         source = pair_source(params, "unlabeled", tokenizer, image_size, store, require_priors=True)
         data_u = UnlabeledPairs(source, train_cfg.seed, train_cfg.augment)
-        views = unlabeled_views(trainer, data_u, settings.pairs)
+        views = unlabeled_views(student, data_u, settings.pairs)
         written.append(draw_confidence_scatter(views, out / FIGURES["scatter"]))
         written.append(draw_examples(views, settings.examples, out / FIGURES["examples"]))
     else:

@@ -16,6 +16,8 @@ accuracy and coverage of the pseudo-labels (:class:`PseudoLabelAccumulator`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -63,16 +65,13 @@ def pair_iou(inter: Tensor, union: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
 
 
-class _SumAccumulator:
+class SumAccumulator:
     """Named float64 running sums in one tensor, reducible across DDP ranks at once."""
 
     names: tuple[str, ...] = ()
 
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
-
-    def reset(self) -> None:
-        self.sums.zero_()
 
     def all_reduce(self) -> None:
         """Sum every rank's totals into every rank (no-op outside torch.distributed)."""
@@ -86,7 +85,7 @@ class _SumAccumulator:
         return self.sums[self.names.index(name)].item()
 
 
-class IoUAccumulator(_SumAccumulator):
+class IoUAccumulator(SumAccumulator):
     """oIoU, mIoU and precision@{0.5..0.9} over every pair seen."""
 
     names = ("inter", "union", "iou", "pairs", *(f"hit@{t}" for t in PRECISION_THRESHOLDS))
@@ -115,7 +114,7 @@ class IoUAccumulator(_SumAccumulator):
         return metrics
 
 
-class PseudoLabelAccumulator(_SumAccumulator):
+class PseudoLabelAccumulator(SumAccumulator):
     """Pseudo-label quality against ground truth: ``accuracy`` = correct / selected pixels,
     ``coverage`` = selected / all pixels (selected = not IGNORE_INDEX)."""
 
@@ -136,4 +135,28 @@ class PseudoLabelAccumulator(_SumAccumulator):
         return {
             "accuracy": self._total("correct") / selected if selected > 0 else float("nan"),
             "coverage": selected / pixels,
+        }
+
+
+class MeanAccumulator(SumAccumulator):
+    """Running means of named quantities (training losses, mean thresholds): a float64 sum
+    and a count per name; :meth:`compute` divides each sum by its count."""
+
+    def __init__(self, names: Sequence[str], device: torch.device | str | None = None) -> None:
+        self.names = tuple(n for name in names for n in (name, f"{name}/n"))
+        super().__init__(device)
+
+    def add(self, name: str, value: float | Tensor, count: float | Tensor = 1) -> None:
+        """Add ``value`` (a sum over ``count`` items) to ``name``'s running mean."""
+        i = self.names.index(name)
+        self.sums[i] += value
+        self.sums[i + 1] += count
+
+    def compute(self) -> dict[str, float]:
+        """The mean of every name that has a non-zero count."""
+        sums = self.sums.tolist()
+        return {
+            name: sums[i] / sums[i + 1]
+            for i, name in enumerate(self.names)
+            if not name.endswith("/n") and sums[i + 1] > 0
         }

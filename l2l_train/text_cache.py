@@ -1,4 +1,5 @@
-"""Features of a *frozen* text encoder, computed once per training expression.
+"""Text features for the step: a *frozen* encoder's, computed once per training expression
+(:class:`FrozenTextCache`), and sentence embeddings of a trainable one (:func:`sentence_embedder`).
 
 With ``model.text.trainable: false`` an expression's word features never change, yet a step
 encodes every labelled, weak and strong expression and the ``text_candidates + 1`` EDA
@@ -15,7 +16,7 @@ bitwise the features an uninterrupted one did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -82,3 +83,24 @@ class FrozenTextCache:
         """Returns: (B, D) mean-pooled word features, the sentence embedding MiniLM was trained
         for (the EDA candidates' similarity filter)."""
         return torch.stack([row.mean(0) for row in self._features(texts)])
+
+
+def sentence_embedder(
+    text: TextEncoder, tokenizer: TextTokenizer, device: torch.device
+) -> Callable[[Sequence[str]], Tensor]:
+    """Texts -> mean-pooled word features of the model's text encoder, (N, D): the sentence
+    embedding MiniLM was trained for, used to filter EDA candidates by cosine similarity.
+
+    The padding columns past the longest text are cut first: masked out, they change no
+    embedding, and short expressions padded to ``max_tokens`` would cost several times the
+    encoder passes (this filter encodes ``text_candidates + 1`` texts per unlabelled pair)."""
+
+    def embed(texts: Sequence[str]) -> Tensor:
+        input_ids, attention_mask = tokenizer(texts)
+        length = int(attention_mask.sum(1).max())
+        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
+        words, word_mask = text(input_ids.to(device), attention_mask.to(device))  # (N, T, D)
+        weight = word_mask.unsqueeze(-1).to(words.dtype)
+        return (words * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+    return embed

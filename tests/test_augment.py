@@ -14,28 +14,30 @@ import torch
 import torch.nn.functional as F
 
 from l2l_train.augment import (
-    PROTECTED_WORDS,
-    Synonyms,
     apply_intensity_op,
-    eda_candidates,
     flip_expression,
     hflip_sample,
+    sample_intensity_ops,
+    strong_image,
+    weak_view,
+)
+from l2l_train.config import AugmentConfig, TrainConfig
+from l2l_train.eda import (
+    PROTECTED_WORDS,
+    Synonyms,
+    eda_candidates,
     is_protected,
     lexicon_synonyms,
     load_synonyms,
     protected_vocabulary,
     random_deletion,
     random_swap,
-    sample_intensity_ops,
     strong_expressions,
-    strong_image,
     surviving_candidates,
     synonym_insertion,
     synonym_replacement,
-    weak_view,
     wordnet_synonyms,
 )
-from l2l_train.config import AugmentConfig, TrainConfig
 from pipeline.config import ConfigError, build_section
 
 LEXICON_SYNONYMS = Synonyms("lexicon", lexicon_synonyms)

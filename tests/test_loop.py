@@ -17,24 +17,15 @@ import torch
 import torch.multiprocessing as mp
 from trainer_workspace import build_workspace, params_dict, write_params
 
-from l2l_train.checkpoint import load_checkpoint
+from l2l_train.checkpoint import ConfigMismatchError, load_checkpoint
 from l2l_train.config import TrainConfig, load_trainer_params
 from l2l_train.data import split_eval_only
-from l2l_train.loop import (
-    ConfigMismatchError,
-    MethodPlan,
-    Run,
-    Runtime,
-    Sums,
-    param_groups,
-    plan_method,
-    poly_factor,
-    run_training,
-    start_runtime,
-    steps_per_epoch,
-    stop_runtime,
-)
+from l2l_train.loop import Run, run_training, steps_per_epoch
 from l2l_train.losses import IGNORE_INDEX
+from l2l_train.metrics import MeanAccumulator
+from l2l_train.runtime import Runtime, start_runtime, stop_runtime
+from l2l_train.targets import MethodPlan, plan_method
+from l2l_train.trainer import param_groups, poly_factor
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +86,11 @@ def test_steps_per_epoch_is_one_pass_over_the_driving_refs():
 
 
 def test_sums_means_hand_values():
-    sums = Sums(["a", "b", "c"], torch.device("cpu"))
+    sums = MeanAccumulator(["a", "b", "c"], torch.device("cpu"))
     sums.add("a", 3.0)
     sums.add("a", 1.0)
     sums.add("b", torch.tensor(6.0), 4)
-    assert sums.means() == {"a": 2.0, "b": 1.5}  # c never added: no mean
+    assert sums.compute() == {"a": 2.0, "b": 1.5}  # c never added: no mean
 
 
 # ----------------------------------------------------------------------------- one step
@@ -253,9 +244,9 @@ def _ddp_worker(rank: int, params_path: str, port: int, out_dir: str) -> None:
         torch.save(
             {
                 "steps": summary.steps,
-                "model": run.trainer.model.state_dict(),
-                "actor": run.trainer.agent.actor.state_dict(),
-                "buffer": run.trainer.agent.buffer.state_dict(),
+                "model": run.trainer.student.model.state_dict(),
+                "actor": run.trainer.student.agent.actor.state_dict(),
+                "buffer": run.trainer.student.agent.buffer.state_dict(),
             },
             Path(out_dir) / f"rank{rank}.pt",
         )
@@ -279,9 +270,9 @@ def test_two_process_gloo_ddp_keeps_models_and_agents_identical(workspace, tmp_p
 
 def test_sentence_embedder_cuts_padding_without_changing_embeddings():
     from l2l_train.config import TextConfig
-    from l2l_train.loop import sentence_embedder
     from l2l_train.model import build_tokenizer
     from l2l_train.model.text import build_text_encoder
+    from l2l_train.text_cache import sentence_embedder
 
     cfg = TextConfig(max_tokens=20)
     tokenizer, encoder = build_tokenizer(cfg), build_text_encoder(cfg)

@@ -14,18 +14,16 @@ from l2l_train.rple import (
     Critic,
     PseudoLabelAgent,
     ReplayBuffer,
-    band_in_input_frame,
     compute_reward,
     consistency,
     coverage,
     label_fractions,
-    pseudo_labels,
     rple_state,
     separability,
     soft_update,
-    static_thresholds,
     threshold_change,
 )
+from l2l_train.targets import band_in_input_frame, pseudo_labels, static_thresholds
 from pipeline.config import ConfigError, build_section
 
 X = IGNORE_INDEX

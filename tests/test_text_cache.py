@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from l2l_train.config import TextConfig
-from l2l_train.loop import sentence_embedder
 from l2l_train.model import build_text_encoder, build_tokenizer
-from l2l_train.text_cache import FrozenTextCache
+from l2l_train.text_cache import FrozenTextCache, sentence_embedder
 
 TEXTS = ["the red circle", "the second shape from the left", "the red circle"]
 CPU = torch.device("cpu")

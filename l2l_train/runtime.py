@@ -1,0 +1,90 @@
+"""Where a training process runs: its device and, under torchrun, its rank among the others.
+
+Under ``torchrun`` every rank trains on its own batches inside DistributedDataParallel; the
+RPLE agent's states are all-gathered before it acts and its transitions after
+(:func:`gather_rows`), so every rank's agent sees the same data, draws the same noise and
+stays identical without broadcasting weights. Rank 0 alone logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from l2l_train.config import TrainConfig
+from l2l_train.evaluate import resolve_device
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs and its place among the ranks."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    amp: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def start_runtime(cfg: TrainConfig) -> Runtime:
+    """The device for this process and, under torchrun (``WORLD_SIZE`` > 1), the process
+    group: nccl on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, world=world, amp=cfg.amp and device.type == "cuda")
+
+
+def stop_runtime(rt: Runtime) -> None:
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_rows(rows: Tensor, rt: Runtime) -> Tensor:
+    """Every rank's rows in rank order (equal row counts per rank).
+
+    Shapes: rows (B, ...) -> (world * B, ...).
+    """
+    if not rt.distributed:
+        return rows
+    parts = [torch.empty_like(rows) for _ in range(rt.world)]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_buffers(module: nn.Module, rt: Runtime) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them at
+    the start of each forward, so between steps each rank holds the statistics of its own
+    last batches; evaluation syncs them first so every rank scores the checkpointed model."""
+    if rt.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def own_rows(rows: Tensor, rt: Runtime) -> Tensor:
+    """This rank's block of rows gathered by :func:`gather_rows`."""
+    batch = rows.shape[0] // rt.world
+    return rows[rt.rank * batch : (rt.rank + 1) * batch]
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (asynchronous from pinned memory)."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
+    }

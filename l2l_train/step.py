@@ -1,0 +1,238 @@
+"""One self-training step's forward: weak targets, strong views and losses (DESIGN.md section 4).
+
+For a labelled batch ``x`` and an unlabelled batch ``u``:
+
+1. Weak pass, no gradient: ``p_w = sigmoid(f(img_u_w))``, the model's own prediction with no
+   prior, as it is evaluated (DESIGN.md conditions it on ``q``; then the model learns to copy
+   its input and SPM fuses the prior with a copy of itself). The model stays in train mode, as
+   in FixMatch and UniMatch, where the weak view shares the training forward.
+2. Target ``q_hat`` by the method's target strategy
+   (:data:`~l2l_train.targets.TARGET_STRATEGIES`): SPM fusion of ``p_w`` and ``q`` (l2l),
+   ``0.5 p_w + 0.5 q`` (fixed_fusion) or ``p_w`` itself (fixmatch, l2l with ``spm: false``).
+3. Thresholds: the RPLE agent's per-sample ``(tau_fg, tau_bg)`` (l2l with ``rple: true``) or
+   the static ``train.tau_fg`` / ``train.tau_bg``; pseudo-labels with the ignore band.
+4. Strong view: intensity ops on the image (made in the data workers) and EDA on the text,
+   conditioned on ``q_hat`` where the pair has a teacher prior. One forward carries the
+   labelled and the strong unlabelled pairs; prior dropout hides priors at random.
+5. ``L = L_sup + lambda_u (L_ce + lambda_dice L_dice)``.
+
+:class:`Student` does all of this without an optimiser, so figures and benchmarks use it as
+the loop does; :class:`~l2l_train.trainer.Trainer` adds the backward pass, the optimiser and
+the agent's update (step 6).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from l2l_train.config import TrainConfig
+from l2l_train.data import EVAL_ONLY_FIELDS, derive_seed, normalize_images
+from l2l_train.eda import Synonyms, load_synonyms, strong_expressions
+from l2l_train.evaluate import autocast
+from l2l_train.losses import supervised_loss, total_loss, unsupervised_loss
+from l2l_train.model import Segmentor, TextTokenizer
+from l2l_train.rple import PseudoLabelAgent, compute_reward, rple_state
+from l2l_train.runtime import Runtime, gather_rows, own_rows
+from l2l_train.spm import agreement
+from l2l_train.targets import (
+    TARGET_STRATEGIES,
+    MethodPlan,
+    band_in_input_frame,
+    pseudo_labels,
+    static_thresholds,
+)
+from l2l_train.text_cache import FrozenTextCache, sentence_embedder
+
+
+class UnlabeledTargets(NamedTuple):
+    """What the weak pass makes for an unlabelled batch, all detached, this rank's rows."""
+
+    q: Tensor  # (B, 1, S, S) raw teacher prior, zeros where absent
+    prior_present: Tensor  # (B,) bool
+    q_hat: Tensor  # (B, 1, S, S) pseudo-label source and the strong view's prior
+    agreement: Tensor  # (B,) soft IoU of p_w and q, 0 where the prior is absent
+    thresholds: Tensor  # (B, 2) as (tau_fg, tau_bg)
+    pseudo: Tensor  # (B, S, S) uint8 in {0, 1, IGNORE_INDEX}
+    band: Tensor  # (B,) int64 ignore-band width in the input frame
+
+
+class WeakPass(NamedTuple):
+    """:meth:`Student.weak_targets`' result."""
+
+    targets: UnlabeledTargets
+    states: (
+        Tensor | None
+    )  # (world * B, 6) the agent's states of every rank's samples; no RPLE: None
+    thresholds_all: Tensor  # (world * B, 2) the thresholds chosen for every rank's samples
+
+
+class StepLosses(NamedTuple):
+    """:meth:`Student.losses`' result: the loss to back-propagate and what the agent needs."""
+
+    total: Tensor  # () the step's loss
+    parts: dict[str, Tensor]  # sup; with unlabelled pairs also unsup, unsup_ce, unsup_dice
+    weak: WeakPass | None  # None without unlabelled pairs
+    logits_u_s: Tensor  # (B_u, 1, S, S) the strong unlabelled views' logits (B_u = 0: none)
+
+
+class Student:
+    """The segmentor as a step sees it: its text inputs, the weak pass and targets, the strong
+    forward and losses, the RPLE agent and the step's own random streams. ``model`` is the bare
+    segmentor, ``ddp_model`` what gradients flow through (the same module outside DDP)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        plan: MethodPlan,
+        rt: Runtime,
+        model: Segmentor,
+        tokenizer: TextTokenizer,
+        expressions: Sequence[str] = (),
+    ) -> None:
+        """``expressions``: the training pairs' texts, whose features a frozen text encoder
+        computes once (any other text is encoded when met)."""
+        self.cfg, self.plan, self.rt = cfg, plan, rt
+        self.model, self.ddp_model = model, model
+        self.tokenizer = tokenizer
+        self.agent = PseudoLabelAgent(cfg.agent, rt.device) if plan.rple else None
+        self.synonyms: Synonyms = load_synonyms(cfg.augment.synonyms)
+        self.text_cache = (
+            None
+            if model.text.trainable
+            else FrozenTextCache(model.text, tokenizer, rt.device, expressions)
+        )
+        self.embed = (
+            sentence_embedder(model.text, tokenizer, rt.device)
+            if self.text_cache is None
+            else self.text_cache.sentences
+        )
+        # Per-rank streams for the strong text and prior dropout, checkpointed with the run.
+        self.text_rng = random.Random(derive_seed(cfg.seed, rt.rank, 1))
+        self.dropout_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, rt.rank, 2))
+
+    def wrap_ddp(self) -> None:
+        if self.rt.distributed:
+            ids = [self.rt.device] if self.rt.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+
+    def text_inputs(self, expressions: Sequence[str]) -> dict[str, Tensor | None]:
+        """The segmentor's text arguments: cached word features when the text encoder is
+        frozen, else token ids (the encoder then runs, with gradients, in the forward)."""
+        if self.text_cache is None:
+            input_ids, attention_mask = self.tokenizer(expressions)
+            device = self.rt.device
+            return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        words, word_mask = self.text_cache.words(expressions)
+        return {"input_ids": None, "attention_mask": None, "words": words, "word_mask": word_mask}
+
+    @torch.no_grad()
+    def weak_targets(self, batch_u: dict[str, Any], explore: bool = True) -> WeakPass:
+        """The weak pass, ``q_hat`` and the pseudo-labels of this rank's unlabelled batch
+        (``explore``: the agent adds its exploration noise, as in training)."""
+        q, present = batch_u["prior_u"], batch_u["prior_present_u"]
+        with autocast(self.rt.device, self.rt.amp):
+            text = self.text_inputs(batch_u["expr_u_w"])
+            # No prior in the weak pass: p_w is the model's own opinion, as it is evaluated.
+            # Conditioned on q, the model learns to copy it, and SPM would fuse the prior with
+            # a copy of itself (agreement ~ the prior's own quality, q_hat ~ q).
+            logits_u_w = self.model(normalize_images(batch_u["img_u_w"]), **text)
+        p_w = torch.sigmoid(logits_u_w.float())
+        agree = torch.where(present, agreement(p_w, q, self.cfg.fusion.eps), 0.0)
+        q_hat = TARGET_STRATEGIES[self.plan.fusion](p_w, q, present, self.cfg.fusion)
+        band = band_in_input_frame(
+            self.cfg.agent.ignore_band, batch_u["original_hw_u"], q_hat.shape[-1]
+        )
+        states, thresholds_all = self.choose_thresholds(q_hat, agree, band, explore)
+        thresholds = own_rows(thresholds_all, self.rt)
+        pseudo = pseudo_labels(q_hat, thresholds, band)
+        targets = UnlabeledTargets(q, present, q_hat, agree, thresholds, pseudo, band)
+        return WeakPass(targets, states, thresholds_all)
+
+    def choose_thresholds(
+        self, q_hat: Tensor, agree: Tensor, band: Tensor, explore: bool = True
+    ) -> tuple[Tensor | None, Tensor]:
+        """(states, thresholds) for every rank's samples, (world * B, 6) and (world * B, 2).
+        The agent acts on the gathered states, so each rank draws the same noise for the
+        same sample and the agents stay in step."""
+        if self.agent is None:
+            batch = q_hat.shape[0] * self.rt.world
+            return None, static_thresholds(batch, self.cfg.tau_fg, self.cfg.tau_bg, q_hat.device)
+        states = gather_rows(self.agent.make_state(q_hat, agree, band), self.rt)
+        return states, self.agent.act(states, explore=explore)
+
+    def prior_keep(self, batch: int) -> Tensor:
+        """(batch,) bool: which priors survive prior dropout."""
+        return torch.rand(batch, generator=self.dropout_rng) >= self.cfg.prior_dropout
+
+    def losses(self, batch_x: dict[str, Any], batch_u: dict[str, Any] | None) -> StepLosses:
+        """Steps 1-5 on this rank's labelled batch and (semi-supervised) unlabelled batch, both
+        on the device. The unlabelled batch must come without its ground truth
+        (:func:`~l2l_train.data.split_eval_only`): it is for observability, never for training."""
+        if batch_u is not None and set(EVAL_ONLY_FIELDS) & set(batch_u):
+            raise ValueError(
+                f"the unlabelled batch carries {sorted(set(EVAL_ONLY_FIELDS) & set(batch_u))}: "
+                "split it off with split_eval_only() before the training step"
+            )
+        cfg = self.cfg
+        images = [normalize_images(batch_x["img_x"])]
+        expressions = list(batch_x["expr_x"])
+        priors, present = [batch_x["prior_x"]], [batch_x["prior_present_x"]]
+        weak = None
+        if batch_u is not None:
+            weak = self.weak_targets(batch_u)
+            expr_u_s = strong_expressions(
+                batch_u["expr_u_w"], self.embed, cfg.augment, self.synonyms, self.text_rng
+            )
+            images.append(normalize_images(batch_u["img_u_s"]))
+            expressions += expr_u_s
+            priors.append(weak.targets.q_hat)
+            present.append(weak.targets.prior_present)
+        present_all = torch.cat(present)
+        present_all = present_all & self.prior_keep(len(present_all)).to(present_all.device)
+
+        with autocast(self.rt.device, self.rt.amp):
+            text = self.text_inputs(expressions)
+            logits = self.ddp_model(
+                torch.cat(images), prior=torch.cat(priors), prior_present=present_all, **text
+            )
+        batch_size_x = batch_x["img_x"].shape[0]
+        logits_x, logits_u_s = logits[:batch_size_x], logits[batch_size_x:]
+        l_sup = supervised_loss(logits_x, batch_x["mask_x"], cfg.loss)
+        parts = {"sup": l_sup}
+        loss = l_sup
+        if weak is not None:
+            unsup = unsupervised_loss(logits_u_s, weak.targets.pseudo, cfg.loss)
+            loss = total_loss(l_sup, unsup.total, cfg.loss)
+            parts |= {"unsup": unsup.total, "unsup_ce": unsup.ce, "unsup_dice": unsup.dice}
+        return StepLosses(loss, parts, weak, logits_u_s)
+
+    def update_agent(self, logits_u_s: Tensor, weak: WeakPass) -> dict[str, float]:
+        """Reward the thresholds by the strong prediction, store every rank's transitions,
+        one DDPG update. Returns the agent's losses and the mean reward."""
+        targets = weak.targets
+        p_u_s = torch.sigmoid(logits_u_s.detach().float())
+        reward = compute_reward(
+            p_u_s,
+            targets.q_hat,
+            targets.pseudo,
+            targets.thresholds,
+            self.agent.current,
+            self.cfg.agent,
+        )
+        next_state = rple_state(targets.q_hat, targets.agreement, targets.thresholds, targets.band)
+        gathered = gather_rows(torch.cat([reward.total[:, None], next_state], dim=1), self.rt)
+        self.agent.observe(weak.states, weak.thresholds_all, gathered[:, 0], gathered[:, 1:])
+        return {**self.agent.update(), "reward": gathered[:, 0].mean().item()}
+
+    def rng_state(self) -> dict[str, Any]:
+        return {"text": self.text_rng.getstate(), "dropout": self.dropout_rng.get_state()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self.text_rng.setstate(state["text"])
+        self.dropout_rng.set_state(state["dropout"])

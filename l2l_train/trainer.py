@@ -1,0 +1,88 @@
+"""The optimiser around the student: AdamW, per-step poly decay, gradient clipping, and one
+training step (forward and losses from :class:`~l2l_train.step.Student`, backward, update,
+then the RPLE agent's update from the strong prediction)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from l2l_train.config import TrainConfig
+from l2l_train.step import Student, UnlabeledTargets
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters, with weight decay on matrices and kernels only: decaying biases,
+    norm scales and the learned "absent" embedding pulls them to zero for no regularising gain."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def poly_factor(step: int, total_steps: int, power: float) -> float:
+    """Learning-rate multiplier ``(1 - step / total_steps) ** power``, 0 from the end on."""
+    return max(0.0, 1.0 - step / total_steps) ** power
+
+
+def build_optimization(
+    model: nn.Module, cfg: TrainConfig, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its per-step poly decay over ``total_steps``."""
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: poly_factor(step, total_steps, cfg.poly_power)
+    )
+    return optimizer, schedule
+
+
+class StepResult(NamedTuple):
+    losses: dict[str, float]  # loss, sup; unsup, unsup_ce, unsup_dice; the agent's losses, reward
+    targets: UnlabeledTargets | None
+
+
+class Trainer:
+    """A :class:`~l2l_train.step.Student` and its optimisation; :meth:`step` is one iteration."""
+
+    def __init__(self, student: Student, total_steps: int) -> None:
+        self.student, self.cfg = student, student.cfg
+        self.optimizer, self.schedule = build_optimization(student.model, self.cfg, total_steps)
+
+    def step(self, batch_x: dict[str, Any], batch_u: dict[str, Any] | None) -> StepResult:
+        """One iteration on this rank's batches, both on the device (see
+        :meth:`~l2l_train.step.Student.losses` for what they must hold)."""
+        student = self.student
+        out = student.losses(batch_x, batch_u)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(student.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+
+        logged = {"loss": out.total.item(), **{k: v.item() for k, v in out.parts.items()}}
+        if student.agent is not None and out.weak is not None:
+            logged |= student.update_agent(out.logits_u_s, out.weak)
+        return StepResult(logged, None if out.weak is None else out.weak.targets)
+
+    def state_dict(self) -> dict[str, Any]:
+        agent = self.student.agent
+        return {
+            "model": self.student.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "agent": None if agent is None else agent.state_dict(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.student.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.schedule.load_state_dict(sd["schedule"])
+        if self.student.agent is not None:
+            self.student.agent.load_state_dict(sd["agent"])
