@@ -89,9 +89,8 @@ def command_modules(cli_module: str, command: str, root: Path = REPO) -> set[str
     package = cli_module.rpartition(".")[0]
     start: set[str] = set()
     for node in tree.body:
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            start |= imported_modules(node, package, root)
-        elif isinstance(node, ast.FunctionDef) and node.name == names[command]:
+        top_level_import = isinstance(node, ast.Import | ast.ImportFrom)
+        if top_level_import or (isinstance(node, ast.FunctionDef) and node.name == names[command]):
             start |= imported_modules(node, package, root)
     # The CLI module itself is not followed further: its other commands' imports are theirs.
     return {cli_module} | import_closure(start - {cli_module}, root)

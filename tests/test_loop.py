@@ -24,7 +24,7 @@ from l2l_train.loop import Run, run_training, steps_per_epoch
 from l2l_train.losses import IGNORE_INDEX
 from l2l_train.metrics import MeanAccumulator
 from l2l_train.runtime import Runtime, start_runtime, stop_runtime
-from l2l_train.targets import MethodPlan, plan_method
+from l2l_train.targets import plan_method
 from l2l_train.trainer import param_groups, poly_factor
 
 
@@ -46,15 +46,6 @@ def same_tensors(a: dict, b: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------- pure pieces
-
-
-def test_plan_method_switches():
-    assert plan_method(TrainConfig(method="supervised")) == MethodPlan(False, False, "none", False)
-    assert plan_method(TrainConfig(method="fixmatch")) == MethodPlan(True, False, "none", False)
-    assert plan_method(TrainConfig(method="fixed_fusion")) == MethodPlan(True, True, "fixed", False)
-    assert plan_method(TrainConfig(method="l2l")) == MethodPlan(True, True, "spm", True)
-    ablation = TrainConfig(method="l2l", spm=False, rple=False)
-    assert plan_method(ablation) == MethodPlan(True, True, "none", False)
 
 
 def test_poly_factor_hand_values():

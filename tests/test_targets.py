@@ -1,0 +1,182 @@
+"""The method plan, the target strategies and the pseudo-labels, against hand-computed values."""
+
+import re
+
+import pytest
+import torch
+
+from l2l_train.config import FusionConfig, TrainConfig
+from l2l_train.losses import IGNORE_INDEX
+from l2l_train.rple import rple_state
+from l2l_train.spm import fuse
+from l2l_train.targets import (
+    TARGET_STRATEGIES,
+    MethodPlan,
+    band_in_input_frame,
+    plan_method,
+    pseudo_labels,
+    static_thresholds,
+)
+
+X = IGNORE_INDEX
+THR = torch.tensor([[0.7, 0.3]])
+
+
+def test_plan_method_switches():
+    assert plan_method(TrainConfig(method="supervised")) == MethodPlan(False, False, "none", False)
+    assert plan_method(TrainConfig(method="fixmatch")) == MethodPlan(True, False, "none", False)
+    assert plan_method(TrainConfig(method="fixed_fusion")) == MethodPlan(True, True, "fixed", False)
+    assert plan_method(TrainConfig(method="l2l")) == MethodPlan(True, True, "spm", True)
+    ablation = TrainConfig(method="l2l", spm=False, rple=False)
+    assert plan_method(ablation) == MethodPlan(True, True, "none", False)
+
+
+# ----------------------------------------------------------------------------- target strategies
+
+# Two images of two pixels; the second image has no prior.
+P_W = torch.tensor([[0.2, 0.8], [0.3, 0.6]]).view(2, 1, 1, 2)
+Q = torch.tensor([[0.8, 0.8], [0.0, 0.0]]).view(2, 1, 1, 2)
+PRESENT = torch.tensor([True, False])
+
+
+def test_own_prediction_ignores_the_prior():
+    torch.testing.assert_close(TARGET_STRATEGIES["none"](P_W, Q, PRESENT, FusionConfig()), P_W)
+
+
+def test_fixed_target_averages_where_the_prior_is_present():
+    q_hat = TARGET_STRATEGIES["fixed"](P_W, Q, PRESENT, FusionConfig())
+    # image 0: (0.2 + 0.8) / 2 = 0.5, (0.8 + 0.8) / 2 = 0.8; image 1 keeps p_w
+    expected = torch.tensor([[0.5, 0.8], [0.3, 0.6]]).view(2, 1, 1, 2)
+    torch.testing.assert_close(q_hat, expected)
+
+
+def test_spm_target_is_spm_fusion():
+    # A constant weight 0.5 on the prior: q_hat = sigmoid(0.5 logit(p_w) + 0.5 logit(q)).
+    # logit(0.2) = -logit(0.8), so the first pixel lands on 0.5; the second stays at 0.8.
+    cfg = FusionConfig(b0=0.5, bA=0.0, bq=0.0, bu=0.0)
+    q_hat = TARGET_STRATEGIES["spm"](P_W, Q, PRESENT, cfg)
+    expected = torch.tensor([[0.5, 0.8], [0.3, 0.6]]).view(2, 1, 1, 2)
+    torch.testing.assert_close(q_hat, expected)
+    torch.testing.assert_close(q_hat, fuse(P_W, Q, PRESENT, cfg).q_hat)
+
+
+def test_every_fusion_of_the_plan_has_a_strategy():
+    methods = [TrainConfig(method=m) for m in ("supervised", "fixmatch", "fixed_fusion", "l2l")]
+    methods.append(TrainConfig(method="l2l", spm=False))
+    assert {plan_method(cfg).fusion for cfg in methods} == set(TARGET_STRATEGIES)
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+
+
+def test_static_thresholds():
+    assert torch.equal(static_thresholds(3, 0.8, 0.2), torch.tensor([[0.8, 0.2]] * 3))
+    with pytest.raises(ValueError, match="tau_bg < tau_fg"):
+        static_thresholds(1, 0.4, 0.6)
+
+
+def test_pseudo_labels_three_way():
+    q_hat = torch.tensor([[0.9, 0.6, 0.2], [0.75, 0.3, 0.05]]).view(1, 1, 2, 3)
+    # >= 0.7 fg: 0.9, 0.75; <= 0.3 bg: 0.2, 0.3 (inclusive), 0.05; 0.6 ignored
+    expected = torch.tensor([[1, X, 0], [1, 0, 0]], dtype=torch.uint8)
+    assert torch.equal(pseudo_labels(q_hat, THR, band_width=0)[0], expected)
+
+
+def test_ignore_band_on_a_straight_boundary_is_band_width_columns():
+    # Columns 0-3 foreground, 4-7 background; edge pixels are column 3. A 3-wide band
+    # centred on them ignores columns 2, 3, 4; the image border is no boundary.
+    q_hat = torch.full((1, 1, 5, 8), 0.1)
+    q_hat[..., :4] = 0.9
+    labels = pseudo_labels(q_hat, THR, band_width=3)[0]
+    expected_row = torch.tensor([1, 1, X, X, X, 0, 0, 0], dtype=torch.uint8)
+    assert torch.equal(labels, expected_row.expand(5, 8))
+    narrow = pseudo_labels(q_hat, THR, band_width=1)[0]
+    assert torch.equal(narrow[0], torch.tensor([1, 1, 1, X, 0, 0, 0, 0], dtype=torch.uint8))
+
+
+def test_ignore_band_swallows_a_3x3_object():
+    # A 3x3 object in a 7x7 image: its 8 outer pixels are edges, and the 3x3 dilation of
+    # that ring covers rows/cols 1..5, the centre included; the rest stays background.
+    q_hat = torch.full((1, 1, 7, 7), 0.1)
+    q_hat[..., 2:5, 2:5] = 0.9
+    labels = pseudo_labels(q_hat, THR, band_width=3)[0]
+    expected = torch.zeros(7, 7, dtype=torch.uint8)
+    expected[1:6, 1:6] = X
+    assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize(
+    ("band", "hw", "size", "expected"),
+    [
+        (3, (128, 128), 64, 1),  # 3 * 64 / 128 = 1.5 -> nearest odd 1
+        (3, (480, 640), 480, 3),  # larger side 640: 3 * 480 / 640 = 2.25 -> 3
+        (3, (720, 480), 480, 1),  # 3 * 480 / 720 = 2.0, a tie -> the smaller odd, 1
+        (3, (480, 640), 64, 0),  # 3 * 64 / 640 = 0.3 < 0.5 -> no band
+        (5, (640, 480), 64, 1),  # 5 * 64 / 640 = 0.5 -> 1 (half a pixel still counts)
+        (5, (64, 64), 64, 5),  # same frame: unchanged
+        (10, (100, 100), 64, 7),  # 6.4 -> 7 (0.6 away; 5 is 1.4 away)
+        (2.5, (96, 128), 64, 1),  # 1.25 -> 1
+        (0, (128, 128), 64, 0),  # no band asked for
+        (0, (8, 8), 64, 0),  # ... even when the input is an upscale
+    ],
+)
+def test_band_in_input_frame(band, hw, size, expected):
+    widths = band_in_input_frame(band, torch.tensor([hw]), size)
+    assert widths.dtype == torch.int64 and widths.tolist() == [expected]
+
+
+def test_band_in_input_frame_is_per_sample():
+    hw = torch.tensor([[128, 128], [480, 640], [720, 480], [32, 16]])
+    # 1.5 -> 1, 0.3 -> 0, 3 * 64 / 720 = 0.27 -> 0, 3 * 64 / 32 = 6 (tie) -> 5
+    assert band_in_input_frame(3, hw, 64).tolist() == [1, 0, 0, 5]
+    with pytest.raises(ValueError, match="original_hw"):
+        band_in_input_frame(3, torch.tensor([128, 128]), 64)
+    with pytest.raises(ValueError, match="band_original"):
+        band_in_input_frame(-1, hw, 64)
+
+
+def test_pseudo_labels_with_per_sample_bands_match_per_sample_calls():
+    # Sample 0: a straight boundary (columns 0-3 fg); sample 1: a 6x6 square at rows/cols
+    # 1-6; sample 2: random. Widths 3, 1, 0 and then 5, 3, 3 (a shared width pools together).
+    q_hat = torch.full((3, 1, 8, 8), 0.1)
+    q_hat[0, ..., :4] = 0.9
+    q_hat[1, ..., 1:7, 1:7] = 0.9
+    q_hat[2] = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    thr = THR.expand(3, 2)
+    for widths in ([3, 1, 0], [5, 3, 3]):
+        labels = pseudo_labels(q_hat, thr, torch.tensor(widths))
+        for i, w in enumerate(widths):
+            assert torch.equal(labels[i], pseudo_labels(q_hat[i : i + 1], THR, w)[0])
+    labels = pseudo_labels(q_hat, thr, torch.tensor([3, 1, 0]))
+    # By hand: sample 0 as in the straight-boundary test; sample 1 with width 1 ignores only
+    # the square's outer ring, keeping its 4x4 interior (16 of 36 fg pixels; width 3 would
+    # keep the 2x2 centre, 4 of 36).
+    assert torch.equal(labels[0, 0], torch.tensor([1, 1, X, X, X, 0, 0, 0], dtype=torch.uint8))
+    assert (labels[1] == 1).sum() == 16 and (labels[1, 2:6, 2:6] == 1).all()
+    assert (pseudo_labels(q_hat[1:2], THR, 3)[0] == 1).sum() == 4
+    # An int and the same width for every sample agree.
+    assert torch.equal(
+        pseudo_labels(q_hat, thr, torch.tensor([3, 3, 3])), pseudo_labels(q_hat, thr, 3)
+    )
+    # rple_state passes per-sample widths through.
+    agree = torch.tensor([0.1, 0.2, 0.3])
+    state = rple_state(q_hat, agree, thr, torch.tensor([3, 1, 0]))
+    for i, w in enumerate([3, 1, 0]):
+        one = rple_state(q_hat[i : i + 1], agree[i : i + 1], THR, w)
+        assert torch.allclose(state[i : i + 1], one)
+
+
+def test_pseudo_labels_reject_bad_band_widths():
+    q_hat = torch.full((2, 1, 4, 4), 0.9)
+    thr = THR.expand(2, 2)
+    with pytest.raises(ValueError, match="positive odd"):
+        pseudo_labels(q_hat, thr, 2)
+    with pytest.raises(ValueError, match="positive odd"):
+        pseudo_labels(q_hat, thr, torch.tensor([3, 2]))
+    with pytest.raises(ValueError, match=re.escape("(2,) tensor")):
+        pseudo_labels(q_hat, thr, torch.tensor([3]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        pseudo_labels(q_hat, thr, torch.tensor([3.0, 1.0]))
+    # A float is taken for original-image pixels that were never converted.
+    with pytest.raises(TypeError, match="band_in_input_frame"):
+        pseudo_labels(q_hat, thr, 3.0)
