@@ -86,7 +86,9 @@ def dice_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def supervised_loss(logits_x: Tensor, mask_x: Tensor, cfg: LossConfig) -> Tensor:
-    """``L_sup``: class-weighted cross-entropy on labelled pairs (bg 0.9, fg 1.1 by default).
+    """``L_sup``: class-weighted cross-entropy on labelled pairs (``loss.bg_weight`` and
+    ``loss.fg_weight``: 1.0 and 4.0 by default; the paper's 0.9 and 1.1 suit RefCOCO, see
+    :class:`~l2l_train.config.LossConfig`).
 
     Shapes: logits_x (B, 1, H, W), mask_x (B, H, W). Returns: scalar.
     """
