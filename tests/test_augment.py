@@ -36,7 +36,7 @@ from l2l_train.augment import (
     wordnet_synonyms,
 )
 from l2l_train.config import AugmentConfig, TrainConfig
-from pipeline.config import ConfigError, build_section
+from pipeline.schema import ConfigError, build_section
 
 LEXICON_SYNONYMS = Synonyms("lexicon", lexicon_synonyms)
 

@@ -171,6 +171,6 @@ def tiny_sam2_config(**overrides) -> SAM2Config:
 
 def tiny_sam2_prior(size: int = TINY_SAM2_IMAGE_SIZE // 4, **overrides):
     """A random-weight :class:`pipeline.segment.sam2.SAM2Prior` from :func:`tiny_sam2_config`."""
-    from pipeline.segment.sam2 import build_sam2_prior
+    from pipeline.teachers.sam2 import build_sam2_prior
 
     return build_sam2_prior(tiny_sam2_config(**overrides), size, allow_random_weights=True)

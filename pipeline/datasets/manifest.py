@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import PathsConfig
+from pipeline.contract import ROLE_SPLITS, select_pairs
 from pipeline.tables import read_table, write_table_atomic
 
 SCHEMA = pa.schema(
@@ -106,6 +108,19 @@ def write_manifest(samples: list[Sample], path: str | Path, image_root: str | Pa
 
 def read_manifest(path: str | Path) -> pa.Table:
     return read_table(path, "manifest", "l2l-priors prepare")
+
+
+def read_partition(path: str | Path) -> pa.Table:
+    """The image-level labelled/unlabelled partition: sample_id, role (``pipeline.split``)."""
+    return read_table(path, "partition", "l2l-priors split")
+
+
+def read_pairs(paths: PathsConfig, split: str) -> pa.Table:
+    """The manifest rows of ``split``, a partition role (labeled/unlabeled) or a dataset
+    split (train/val/test/testA/...); see :func:`pipeline.contract.select_pairs`."""
+    manifest = read_manifest(paths.samples)
+    partition = read_partition(paths.partition) if split in ROLE_SPLITS else None
+    return select_pairs(manifest, split, partition)
 
 
 def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
