@@ -190,7 +190,7 @@ def resolve_placement(device: str, dtype: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class MLLMConfig:
-    """Qwen2.5-VL grounding (teacher ``qwen-sam2``), see ``pipeline.grounding.qwen``."""
+    """Qwen2.5-VL grounding (teacher ``qwen-sam2``), see ``pipeline.teachers.qwen``."""
 
     path: str | None = None  # local folder with the model and processor
     # Formatted with ``expression=``; literal JSON braces are doubled.
@@ -242,7 +242,7 @@ class MLLMConfig:
 
 @dataclass(frozen=True)
 class SAM2Config:
-    """SAM2 soft masks (teacher ``qwen-sam2``), see ``pipeline.segment.sam2``."""
+    """SAM2 soft masks (teacher ``qwen-sam2``), see ``pipeline.teachers.sam2``."""
 
     config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"  # a config name inside the sam2 package
     checkpoint: str | None = None  # local .pt file; required for real runs

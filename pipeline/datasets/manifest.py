@@ -133,11 +133,6 @@ def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
     return (path.resolve().parent / meta[IMAGE_ROOT_KEY].decode()).resolve()
 
 
-def rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Manifest rows as dicts (for small tables and tests; hot paths use columns)."""
-    return table.to_pylist()
-
-
 def load_rgb(path: str | Path):
     """Open an image file as an RGB PIL image, fully decoded (greyscale, CMYK, palette and
     RGBA inputs are converted). Raises ``OSError`` naming the file if it cannot be read."""
