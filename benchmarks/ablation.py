@@ -152,7 +152,8 @@ def manifests_folder(data: Path, full_labels: bool) -> Path:
         return folder
     import pyarrow as pa
 
-    from pipeline.split import read_partition, write_partition
+    from pipeline.datasets.manifest import read_partition
+    from pipeline.split import write_partition
 
     part = read_partition(source / "partition.parquet")
     labeled = pa.array(["labeled"] * part.num_rows, type=pa.string())

@@ -51,8 +51,8 @@ from l2l_train.model import count_parameters
 from pipeline.config import SAM2Config, SimulatedTeacherConfig, SyntheticConfig
 from pipeline.datasets.manifest import decode_mask, load_rgb
 from pipeline.datasets.synthetic import build_synthetic
-from pipeline.grounding.simulated import SimulatedTeacher, mask_box
-from pipeline.segment.sam2 import SAM2Prior, build_sam2_prior
+from pipeline.teachers.sam2 import SAM2Prior, build_sam2_prior
+from pipeline.teachers.simulated import SimulatedTeacher, mask_box
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAM2_TINY = {"config": "configs/sam2.1/sam2.1_hiera_t.yaml", "image_size": 256, "image_px": 128}

@@ -20,24 +20,16 @@ import numpy as np
 import torch
 
 from l2l_train.config import TrainerParams
-from pipeline.config import to_dict
-from pipeline.teacher import teacher_identity
+from pipeline.config import runtime_only_keys, to_dict
+from pipeline.contract import teacher_identity
 
 log = logging.getLogger(__name__)
 
-# Settings that change how a run executes or is reported, not what it learns: a checkpoint
-# written under other values of these still resumes.
-RUNTIME_KEYS = (
-    "eval",
-    "paths",
-    "data.workers",
-    "data.verify_images",
-    "train.num_workers",
-    "train.log_every",
-    "train.checkpoint_every_steps",
-    "train.device",
-    "train.amp",
-)
+# Sections that say how a run is scored, drawn and where its files go, not what it learns.
+NOT_LEARNED_SECTIONS = frozenset({"eval", "figures", "paths"})
+# What a checkpoint written under other values still resumes under: those sections and the
+# runtime-only keys (speed, devices, logging; marked in the config dataclasses).
+RESUME_IGNORED = tuple(sorted(runtime_only_keys(TrainerParams) | NOT_LEARNED_SECTIONS))
 
 
 class ConfigMismatchError(RuntimeError):
@@ -132,7 +124,7 @@ def resumable_checkpoint(
     if not path.is_file():
         return None
     ckpt = load_checkpoint(path)
-    differing = config_differences(ckpt["identity"], run_identity(params), ignore=RUNTIME_KEYS)
+    differing = config_differences(ckpt["identity"], run_identity(params), ignore=RESUME_IGNORED)
     if differing and not restart_if_stale:
         raise ConfigMismatchError(
             f"{path} was written by a run with different params ({', '.join(differing)}); "

@@ -4,16 +4,12 @@ strict loader together with the pipeline's sections, so ``l2l-train`` validates 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, get_args
 
-from pipeline.config import (
-    ConfigError,
-    PipelineConfig,
-    bounded,
-    load_config,
-)
+from pipeline.config import PARAMS_SECTIONS, PipelineConfig, load_params
+from pipeline.schema import ConfigError, bounded, runtime_only
 
 
 @dataclass(frozen=True)
@@ -298,13 +294,15 @@ class TrainConfig:
     # Probability of hiding a pair's prior from the model in the gradient-carrying forward,
     # so it stays usable without one (`eval.prior: none`).
     prior_dropout: float = bounded(0.5, 0.0, 1.0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda:LOCAL_RANK when CUDA exists
-    amp: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
-    num_workers: int = bounded(1, 0, 64)  # DataLoader workers per stream (labelled, unlabelled)
-    checkpoint_every_steps: int = bounded(
-        0, 0
-    )  # also write `latest` every N steps; 0 = epochs only
-    log_every: int = bounded(50, 1)  # steps between log lines (readable where no progress bar is)
+    # Runtime-only below: a resumed run may change them (its checkpoint still fits).
+    device: Literal["auto", "cpu", "cuda"] = runtime_only("auto")  # auto: cuda:LOCAL_RANK if any
+    amp: bool = runtime_only(True)  # bf16 autocast on CUDA; CPU always runs fp32
+    # DataLoader workers per stream (labelled, unlabelled)
+    num_workers: int = bounded(1, 0, 64, runtime_only=True)
+    # Also write `latest` every N steps; 0 = epochs only.
+    checkpoint_every_steps: int = bounded(0, 0, runtime_only=True)
+    # Steps between log lines (readable where no progress bar is).
+    log_every: int = bounded(50, 1, runtime_only=True)
 
 
 @dataclass(frozen=True)
@@ -315,7 +313,7 @@ class EvalConfig:
     prior: Literal["none", "teacher"] = "none"
     val_split: str = "val"  # per-epoch validation; `best` is chosen by its oIoU
     every_epochs: int = bounded(1, 1)  # validate every N epochs (and always after the last)
-    batch_size: int = bounded(32, 1)
+    batch_size: int = bounded(32, 1, runtime_only=True)
     threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True)  # on sigmoid(logit)
 
 
@@ -339,5 +337,10 @@ class TrainerParams(PipelineConfig):
     figures: FiguresConfig = field(default_factory=FiguresConfig)
 
 
+assert {f.name for f in fields(TrainerParams)} == PARAMS_SECTIONS.keys(), (
+    "TrainerParams and pipeline.config.PARAMS_SECTIONS drifted apart"
+)
+
+
 def load_trainer_params(path: str | Path = "params.yaml") -> TrainerParams:
-    return load_config(path, TrainerParams)
+    return load_params(path, TrainerParams)

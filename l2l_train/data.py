@@ -45,10 +45,9 @@ from torchvision.transforms.v2 import functional as TF
 from l2l_train.augment import View, strong_image, weak_view
 from l2l_train.config import AugmentConfig, TrainerParams
 from l2l_train.model.text import TextTokenizer
-from pipeline.datasets.manifest import decode_mask, image_root, load_rgb
-from pipeline.generate import select_pairs
-from pipeline.store import PriorStatus, PriorStore
-from pipeline.teacher import teacher_hash
+from pipeline.contract import PriorStatus, resize_prob, teacher_hash
+from pipeline.datasets.manifest import decode_mask, image_root, load_rgb, read_pairs
+from pipeline.store.reader import PriorStore
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +105,9 @@ def resize_prior(prob: np.ndarray, size: int) -> Tensor:
 
     Shapes: prob (S, S) float. Returns: (1, size, size) float32 in [0, 1].
     """
-    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
-    if t.shape[-1] != size:
-        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-    return t[0].clamp(0.0, 1.0)
+    # Not antialiased (the trainer never has been); clamped even when nothing is resized.
+    resized = resize_prob(np.asarray(prob), (size, size), antialias=False)
+    return torch.from_numpy(resized)[None].clamp(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -238,7 +236,7 @@ def pair_source(
     they were never generated, an error naming the command; a partial cover is logged.
     """
     source = PairSource(
-        select_pairs(params, selection),
+        read_pairs(params.paths, selection),
         image_root(params.paths.samples),
         image_size,
         tokenizer,

@@ -25,7 +25,7 @@ from l2l_train.config import ModelConfig, TrainerParams
 from l2l_train.data import EvalPairs, eval_loader, normalize_images, open_teacher_store, pair_source
 from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
-from pipeline.config import build_section
+from pipeline.schema import build_section
 
 log = logging.getLogger(__name__)
 

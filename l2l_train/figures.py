@@ -335,7 +335,7 @@ def render_figures(params: TrainerParams, out_dir: str | Path | None = None) -> 
     from l2l_train.model import build_tokenizer
     from l2l_train.runtime import Runtime
     from l2l_train.targets import plan_method
-    from pipeline.config import build_section
+    from pipeline.schema import build_section
 
     settings = params.figures
     out = Path(out_dir) if out_dir is not None else Path(params.paths.metrics) / "figures"

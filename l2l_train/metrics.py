@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from l2l_train.losses import IGNORE_INDEX
+from pipeline.contract import intersection_union as count_intersection_union
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -52,8 +53,7 @@ def intersection_union(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
     Shapes: pred, gt (B, H, W) -> I (B,), U (B,) int64.
     """
     _check_masks(pred, gt)
-    pred, gt = pred.bool().flatten(1), gt.bool().flatten(1)
-    return (pred & gt).sum(1), (pred | gt).sum(1)
+    return count_intersection_union(pred.bool(), gt.bool())
 
 
 def pair_iou(inter: Tensor, union: Tensor) -> Tensor:

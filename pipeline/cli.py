@@ -93,7 +93,7 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     unreadable images, empty expressions and empty masks are skipped, each logged with its reason.
     """
     from pipeline.datasets.manifest import split_counts, write_manifest, write_prepare_report
-    from pipeline.offline import prepare_dataset
+    from pipeline.prepare import prepare_dataset
 
     cfg = _load(params)
     syn = cfg.data.synthetic

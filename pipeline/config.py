@@ -1,17 +1,13 @@
-"""Typed, frozen configuration loaded from ``params.yaml``.
+"""Typed, frozen configuration of the pipeline, loaded from ``params.yaml``.
 
-Every section of ``params.yaml`` is a frozen dataclass. :func:`load_config` walks the YAML
-mapping against the dataclass fields and fails at load, naming the dotted key, on unknown
-keys, wrong types and out-of-range values::
+Every section of ``params.yaml`` is a frozen dataclass, loaded strictly by
+:mod:`pipeline.schema` (unknown keys, wrong types and out-of-range values fail at load,
+naming the dotted key). :data:`PARAMS_SECTIONS` lists every top-level section of the file:
+:class:`PipelineConfig` types the pipeline's, ``l2l_train.config.TrainerParams`` extends it
+with the trainer's, and each loader skips only the listed sections its root does not type.
 
-    split.labeled_ratio: expected a float in (0, 1), got 'five'
-
-Fields carry their constraints in ``metadata`` (see :func:`bounded` and :func:`choice`);
-types come from the annotations (``int``, ``float``, ``str``, ``bool``, ``X | None``,
-``tuple[X, ...]`` from YAML lists, ``Literal[...]`` and nested dataclasses).
-
-The trainer (``l2l_train.config``) builds its own root dataclass from these sections plus
-its own, through the same :func:`load_config`.
+Runtime-only fields (batch sizes, workers, devices, output folders) are marked once, in the
+dataclasses; :func:`runtime_only_keys` lists them as dotted keys.
 """
 
 from __future__ import annotations
@@ -21,148 +17,12 @@ import hashlib
 import json
 import os
 import re
-import types
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A ``params.yaml`` value that does not fit the schema; the message names the key."""
-
-
-def bounded(
-    default: Any,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
-) -> Any:
-    """A dataclass field whose value must lie in an interval (ends inclusive unless open)."""
-    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
-
-
-def _describe_range(lo, hi, lo_open, hi_open) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
-    return f"{'<' if hi_open else '<='} {hi:g}"
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if tp is type(None):
-        return "null"
-    if tp in (int, float, str, bool):
-        return {int: "an int", float: "a float", str: "a string", bool: "a boolean"}[tp]
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
-    if dataclasses.is_dataclass(tp):
-        return f"a mapping of {tp.__name__} keys"
-    return str(tp)
-
-
-def _coerce(value: Any, tp: Any, key: str, expected: str | None = None) -> Any:
-    """Check ``value`` against annotation ``tp``; return it (lists become tuples).
-    ``expected`` overrides the type's description in the error (to mention a range)."""
-    origin = typing.get_origin(tp)
-    fail = ConfigError(f"{key}: expected {expected or _type_name(tp)}, got {value!r}")
-    if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise fail
-    if tp is type(None):
-        if value is None:
-            return None
-        raise fail
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise fail
-    if origin is tuple:
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, list | tuple):
-            raise fail
-        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise fail
-        return build_section(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise fail
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise fail
-    raise TypeError(f"{key}: unsupported annotation {tp!r} in the config schema")
-
-
-def build_section(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build frozen dataclass ``cls`` from mapping ``raw``; missing keys take defaults."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    dotted = (lambda k: f"{prefix}.{k}") if prefix else (lambda k: k)
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{dotted(unknown[0])}: unknown key (expected one of: {', '.join(names)})"
-        )
-    values = {}
-    for name, value in raw.items():
-        f, key = names[name], dotted(name)
-        expected = _type_name(hints[name])
-        if "range" in f.metadata:
-            expected += " " + _describe_range(*f.metadata["range"])
-        value = _coerce(value, hints[name], key, expected)
-        if "range" in f.metadata and value is not None:
-            lo, hi, lo_open, hi_open = f.metadata["range"]
-            too_low = lo is not None and (value <= lo if lo_open else value < lo)
-            too_high = hi is not None and (value >= hi if hi_open else value > hi)
-            if too_low or too_high:
-                raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-        values[name] = value
-    try:
-        section = cls(**values)
-    except ConfigError as err:  # cross-field checks in __post_init__
-        raise ConfigError(f"{prefix}: {err}" if prefix else str(err)) from None
-    return section
-
-
-def load_config(path: str | Path, root_cls: type, ignore_sections: tuple[str, ...] = ()) -> Any:
-    """Load ``path`` into ``root_cls``; top-level sections in ``ignore_sections`` are skipped
-    (they belong to another package's schema and are validated by its loader)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh) or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw = {k: v for k, v in raw.items() if k not in ignore_sections}
-    return build_section(root_cls, raw)
+from pipeline.schema import RUNTIME_ONLY, ConfigError, bounded, load_config, runtime_only
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -175,6 +35,21 @@ def config_hash(cfg: Any) -> str:
     values = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     blob = json.dumps(values, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def runtime_only_keys(root_cls: type, prefix: str = "") -> frozenset[str]:
+    """Dotted keys of the fields of config dataclass ``root_cls`` marked runtime-only
+    (``"priors.mllm.batch_size"``, ``"train.log_every"``; a marked section is one key,
+    ``"eval"``). What the teacher identity leaves out, and what a resumed run may change."""
+    hints = typing.get_type_hints(root_cls)
+    keys: set[str] = set()
+    for f in dataclasses.fields(root_cls):
+        key = prefix + f.name
+        if f.metadata.get(RUNTIME_ONLY):
+            keys.add(key)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            keys |= runtime_only_keys(hints[f.name], key + ".")
+    return frozenset(keys)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -244,8 +119,8 @@ class DataConfig:
     split_by: Literal["unc", "umd", "google"] = "unc"
     # Decode every referenced image at prepare time so a truncated file is found (and
     # skipped, with its reason logged) once, not by every later stage.
-    verify_images: bool = True
-    workers: int = bounded(2, 1, 256)  # threads decoding images in prepare
+    verify_images: bool = runtime_only(True)
+    workers: int = bounded(2, 1, 256, runtime_only=True)  # threads decoding images in prepare
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -315,7 +190,7 @@ def resolve_placement(device: str, dtype: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class MLLMConfig:
-    """Qwen2.5-VL grounding (teacher ``qwen-sam2``), see ``pipeline.grounding.qwen``."""
+    """Qwen2.5-VL grounding (teacher ``qwen-sam2``), see ``pipeline.teachers.qwen``."""
 
     path: str | None = None  # local folder with the model and processor
     # Formatted with ``expression=``; literal JSON braces are doubled.
@@ -324,7 +199,7 @@ class MLLMConfig:
         "Answer with its bounding box and one point on it in JSON: "
         '[{{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "{expression}"}}]'
     )
-    batch_size: int = bounded(16, 1)  # pairs per generate call (left-padded)
+    batch_size: int = bounded(16, 1, runtime_only=True)  # pairs per generate call (left-padded)
     # The prompt asks for the expression back inside the JSON, and Qwen tokenises digits one
     # by one: ~55 tokens for a one-word expression, ~75 for 21 words. 64 cut answers off.
     max_new_tokens: int = bounded(128, 1)
@@ -335,8 +210,10 @@ class MLLMConfig:
     # answer's coordinates are in that resized frame; ``image_grid_thw`` says which it was.
     min_pixels: int | None = bounded(None, 28 * 28)
     max_pixels: int | None = bounded(None, 28 * 28)
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    device: str = "auto"  # auto | cpu | mps | cuda | cuda:N
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = runtime_only("sdpa")
+    # Not dtype: bf16 and fp32 give different masks. The setting as written, so "auto" names
+    # one teacher identity on every machine.
+    device: str = runtime_only("auto")  # auto | cpu | mps | cuda | cuda:N
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
     def __post_init__(self) -> None:
@@ -365,7 +242,7 @@ class MLLMConfig:
 
 @dataclass(frozen=True)
 class SAM2Config:
-    """SAM2 soft masks (teacher ``qwen-sam2``), see ``pipeline.segment.sam2``."""
+    """SAM2 soft masks (teacher ``qwen-sam2``), see ``pipeline.teachers.sam2``."""
 
     config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"  # a config name inside the sam2 package
     checkpoint: str | None = None  # local .pt file; required for real runs
@@ -374,7 +251,7 @@ class SAM2Config:
     image_size: int = bounded(1024, 64, 4096)
     multimask_output: bool = False  # True: three masks per prompt, keep the best-scoring one
     use_points: bool = False  # also prompt with the MLLM's point_2d (box + point)
-    device: str = "auto"  # auto | cpu | mps | cuda | cuda:N
+    device: str = runtime_only("auto")  # auto | cpu | mps | cuda | cuda:N
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # autocast dtype on CUDA
 
     def __post_init__(self) -> None:
@@ -419,8 +296,19 @@ class PriorsConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
 
 
-# The trainer's top-level sections: validated by l2l_train.config, skipped by the pipeline.
-TRAINER_SECTIONS = ("model", "train", "eval", "figures")
+# Every top-level section of params.yaml, in file order, and the package whose root config
+# types it: PipelineConfig the pipeline's, l2l_train.config.TrainerParams all of them (it
+# checks that at import). The pipeline cannot import the trainer, so the names live here.
+PARAMS_SECTIONS: dict[str, str] = {
+    "data": "pipeline",
+    "split": "pipeline",
+    "priors": "pipeline",
+    "paths": "pipeline",
+    "model": "l2l_train",
+    "train": "l2l_train",
+    "eval": "l2l_train",
+    "figures": "l2l_train",
+}
 
 
 @dataclass(frozen=True)
@@ -431,5 +319,19 @@ class PipelineConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+def load_params(path: str | Path, root_cls: type) -> Any:
+    """Load ``params.yaml`` into ``root_cls``, a root config typing some of
+    :data:`PARAMS_SECTIONS`: a section outside that table is an unknown key; a listed one the
+    root does not type is skipped (its own package's loader validates it)."""
+    typed = {f.name for f in dataclasses.fields(root_cls)}
+    if not typed <= PARAMS_SECTIONS.keys():
+        raise TypeError(
+            f"{root_cls.__name__} types sections {sorted(typed - PARAMS_SECTIONS.keys())} "
+            "that pipeline.config.PARAMS_SECTIONS does not list"
+        )
+    others = tuple(s for s in PARAMS_SECTIONS if s not in typed)
+    return load_config(path, root_cls, ignore_sections=others)
+
+
 def load_pipeline_config(path: str | Path = "params.yaml") -> PipelineConfig:
-    return load_config(path, PipelineConfig, ignore_sections=TRAINER_SECTIONS)
+    return load_params(path, PipelineConfig)

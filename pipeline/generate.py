@@ -11,7 +11,6 @@ own store part.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -20,26 +19,23 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import PipelineConfig
-from pipeline.datasets.manifest import image_root, read_manifest
-from pipeline.split import read_partition
-from pipeline.store import (
-    PriorRows,
+from pipeline.contract import (
     PriorStatus,
-    PriorStore,
-    PriorWriter,
-    image_content_hash,
-    prior_key,
-    writer_part,
+    pair_image_hashes,
+    pair_keys,
+    teacher_hash,
+    teacher_identity,
 )
-from pipeline.teacher import Teacher, build_teacher, teacher_hash, teacher_identity
+from pipeline.datasets.manifest import image_root, read_pairs
+from pipeline.store.reader import PriorStore
+from pipeline.store.writer import PriorRows, PriorWriter, writer_part
+from pipeline.teachers import Teacher, build_teacher
 
 log = logging.getLogger(__name__)
 
-ROLE_SPLITS = ("labeled", "unlabeled")
 CUES_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -83,39 +79,6 @@ class GenerateSummary:
     computed: int
     status_counts: dict[str, int]
     part: int | None  # the store part written, None when nothing was computed
-
-
-def select_pairs(cfg: PipelineConfig, split: str) -> pa.Table:
-    """The manifest rows of ``split``: a partition role (labeled/unlabeled), or a dataset
-    split (train/val/test/testA/...)."""
-    manifest = read_manifest(cfg.paths.samples)
-    if split in ROLE_SPLITS:
-        part = read_partition(cfg.paths.partition)
-        ids = part.filter(pc.equal(part["role"], split))["sample_id"]
-        return manifest.filter(pc.is_in(manifest["sample_id"], ids))
-    rows = manifest.filter(pc.equal(manifest["split"], split))
-    if rows.num_rows == 0:
-        known = sorted(set(manifest["split"].to_pylist()) | set(ROLE_SPLITS))
-        raise ValueError(f"--split: no pairs in split {split!r}; expected one of {known}")
-    return rows
-
-
-def pair_image_hashes(pairs: list[dict], root: Path) -> list[str]:
-    """Content hash (hex) of each pair's image (each file read once). An unreadable file
-    hashes its path instead, so its pairs still get a key (and the teacher's row for it)
-    rather than stopping the run; hex too, since shards are picked by the hash's value."""
-    hashes: dict[str, str] = {}
-    for path in dict.fromkeys(p["image_path"] for p in pairs):
-        try:
-            hashes[path] = image_content_hash(root / path)
-        except OSError:
-            hashes[path] = hashlib.sha256(f"unreadable:{path}".encode()).hexdigest()
-    return [hashes[p["image_path"]] for p in pairs]
-
-
-def pair_keys(pairs: list[dict], image_hashes: list[str], t_hash: str) -> list[str]:
-    """Store key of each manifest row under the teacher hash ``t_hash``."""
-    return [prior_key(h, p["expression"], t_hash) for h, p in zip(image_hashes, pairs, strict=True)]
 
 
 def _rows_of(pairs: list[dict], keys: list[str], outputs, size: int) -> PriorRows:
@@ -202,7 +165,7 @@ def generate(
     ``on_total(n)`` is told how many pairs will be computed, ``on_pairs(k)`` after each batch.
     """
     identity, t_hash = teacher_identity(cfg.priors), teacher_hash(cfg.priors)
-    table = select_pairs(cfg, split).sort_by(
+    table = read_pairs(cfg.paths, split).sort_by(
         [("image_id", "ascending"), ("sample_id", "ascending")]
     )
     root = image_root(cfg.paths.samples)

@@ -35,11 +35,19 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import PipelineConfig
-from pipeline.datasets.manifest import image_root
-from pipeline.generate import pair_image_hashes, pair_keys, select_pairs
-from pipeline.report import resize_prob
-from pipeline.store import PriorRows, PriorStatus, PriorStore, PriorWriter, writer_part
-from pipeline.teacher import NO_BOX, NO_POINT, teacher_hash, teacher_identity
+from pipeline.contract import (
+    NO_BOX,
+    NO_POINT,
+    PriorStatus,
+    pair_image_hashes,
+    pair_keys,
+    resize_prob,
+    teacher_hash,
+    teacher_identity,
+)
+from pipeline.datasets.manifest import image_root, read_pairs
+from pipeline.store.reader import PriorStore
+from pipeline.store.writer import PriorRows, PriorWriter, writer_part
 
 MAP_SUFFIXES = (".png", ".npy")
 FLAT_SEPARATOR = "__"  # stands for "/" of the sample id in flat file names
@@ -188,7 +196,7 @@ def import_priors(
     identity, t_hash = teacher_identity(cfg.priors), teacher_hash(cfg.priors)
     size = cfg.priors.size
     files = index_map_files(directory)
-    table = select_pairs(cfg, split).sort_by(
+    table = read_pairs(cfg.paths, split).sort_by(
         [("image_id", "ascending"), ("sample_id", "ascending")]
     )
     pairs = table.select(["sample_id", "image_path", "expression"]).to_pylist()

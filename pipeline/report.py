@@ -30,36 +30,22 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pipeline.config import PipelineConfig
-from pipeline.datasets.manifest import decode_mask, image_root
-from pipeline.generate import pair_image_hashes, pair_keys, select_pairs
-from pipeline.store import PriorStatus, PriorStore
-from pipeline.teacher import teacher_hash, teacher_identity
+from pipeline.contract import (
+    PriorStatus,
+    intersection_union,
+    pair_image_hashes,
+    pair_keys,
+    resize_prob,
+    teacher_hash,
+    teacher_identity,
+)
+from pipeline.datasets.manifest import decode_mask, image_root, read_pairs
+from pipeline.store.reader import PriorStore
 
 IOU_THRESHOLD = 0.5  # the binarisation of the paper's prior-quality figure
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 HISTOGRAM_BINS = 10  # equal-width IoU bins over [0, 1]
 READ_BATCH = 256  # priors decoded per store read; bounds memory on large splits
-
-
-def resize_prob(prob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize a probability map between frames (bilinear; antialiased when shrinking).
-
-    Shapes:
-        prob: (h, w) in [0, 1].
-    Returns:
-        (H, W) float32 in [0, 1], ``hw = (H, W)``; ``prob`` itself (as float32) if equal.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if prob.shape == tuple(hw):
-        return prob.astype(np.float32, copy=False)
-    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
-    # antialias only acts when shrinking (a big map into the store): a tent filter as wide
-    # as the scale factor (PIL's bilinear resize) averages the probability over each output
-    # pixel's neighbourhood instead of sampling four inputs and ignoring the rest.
-    out = F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
-    return out[0, 0].clamp_(0.0, 1.0).numpy()
 
 
 def prior_intersection_union(prob_square: np.ndarray | None, gt: np.ndarray) -> tuple[int, int]:
@@ -75,7 +61,8 @@ def prior_intersection_union(prob_square: np.ndarray | None, gt: np.ndarray) -> 
     if prob_square is None:
         return 0, int(gt.sum())
     pred = resize_prob(prob_square, gt.shape) >= IOU_THRESHOLD
-    return int((pred & gt).sum()), int((pred | gt).sum())
+    inter, union = intersection_union(pred, gt)
+    return int(inter), int(union)
 
 
 def summarize(inter: np.ndarray, union: np.ndarray, status: np.ndarray) -> dict[str, Any]:
@@ -145,7 +132,7 @@ def prior_quality(cfg: PipelineConfig, split: str) -> dict[str, Any]:
     Raises ``ValueError`` if the store holds none of those pairs' priors.
     """
     t_hash = teacher_hash(cfg.priors)
-    table = select_pairs(cfg, split)
+    table = read_pairs(cfg.paths, split)
     with_gt = table.filter(pc.invert(pc.fill_null(pc.equal(table["mask"], ""), True)))
     pairs = with_gt.select(["image_path", "expression"]).to_pylist()
     keys = pair_keys(pairs, pair_image_hashes(pairs, image_root(cfg.paths.samples)), t_hash)

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import SplitConfig
-from pipeline.tables import read_table, write_table_atomic
+from pipeline.contract import ROLE_SPLITS
+from pipeline.tables import write_table_atomic
 
-ROLES = ("labeled", "unlabeled")
 PARTITION_SCHEMA = pa.schema([("sample_id", pa.string()), ("role", pa.string())])
 
 
@@ -45,7 +45,7 @@ def partition(manifest: pa.Table, cfg: SplitConfig) -> pa.Table:
         raise ValueError("the manifest has no 'train' rows to partition")
     image_ids = train["image_id"].to_numpy()
     is_labeled = np.isin(image_ids, labeled_images(image_ids, cfg))
-    roles = np.where(is_labeled, ROLES[0], ROLES[1])
+    roles = np.where(is_labeled, ROLE_SPLITS[0], ROLE_SPLITS[1])
     table = pa.table(
         {"sample_id": train["sample_id"], "role": pa.array(roles)}, schema=PARTITION_SCHEMA
     )
@@ -56,7 +56,7 @@ def role_counts(manifest: pa.Table, part: pa.Table) -> dict[str, RoleCounts]:
     """Images, refs and pairs per role."""
     joined = manifest.select(["sample_id", "image_id", "ref_id"]).join(part, "sample_id")
     counts = {}
-    for role in ROLES:
+    for role in ROLE_SPLITS:
         rows = joined.filter(pc.equal(joined["role"], role))
         counts[role] = RoleCounts(
             images=len(pc.unique(rows["image_id"])),
@@ -68,7 +68,3 @@ def role_counts(manifest: pa.Table, part: pa.Table) -> dict[str, RoleCounts]:
 
 def write_partition(part: pa.Table, path: str | Path) -> None:
     write_table_atomic(part, path, compression="zstd")
-
-
-def read_partition(path: str | Path) -> pa.Table:
-    return read_table(path, "partition", "l2l-priors split")

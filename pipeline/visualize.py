@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pipeline.config import PipelineConfig
+from pipeline.contract import PriorStatus
 from pipeline.datasets.manifest import decode_mask, image_root, load_rgb, read_manifest
-from pipeline.store import PriorStatus
 
 GT_COLOUR = np.array([0, 200, 0], dtype=np.float32)
 BOX_COLOUR = (0, 200, 255)  # the grounding box, drawn over the prior's heat map
@@ -63,9 +63,8 @@ class StoredPrior:
 
 def find_prior(cfg: PipelineConfig, row: dict) -> StoredPrior | None:
     """The prior of manifest ``row`` by the configured teacher, None if the store lacks it."""
-    from pipeline.generate import pair_image_hashes, pair_keys
-    from pipeline.store import PriorStore
-    from pipeline.teacher import teacher_hash
+    from pipeline.contract import pair_image_hashes, pair_keys, teacher_hash
+    from pipeline.store.reader import PriorStore
 
     t_hash = teacher_hash(cfg.priors)
     store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash)
@@ -103,7 +102,7 @@ def render_sample(cfg: PipelineConfig, sample_id: str, out: str | Path) -> None:
     """Write a PNG of the pair with its expression and ground-truth mask overlaid, plus, when
     the store holds a prior of the configured teacher for it, the prior's heat map (resized
     from the square-stretched frame to the image) with the grounding box."""
-    from pipeline.report import resize_prob
+    from pipeline.contract import resize_prob
 
     row, rgb, gt = load_pair(cfg, sample_id)
     panels = [rgb, overlay_mask(rgb, gt, GT_COLOUR)]

@@ -38,7 +38,7 @@ from l2l_train.eda import (
     synonym_replacement,
     wordnet_synonyms,
 )
-from pipeline.config import ConfigError, build_section
+from pipeline.schema import ConfigError, build_section
 
 LEXICON_SYNONYMS = Synonyms("lexicon", lexicon_synonyms)
 

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from l2l_train.config import load_trainer_params
-from pipeline.config import ConfigError, config_hash, load_pipeline_config, to_dict
+from pipeline.config import config_hash, load_pipeline_config, to_dict
+from pipeline.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,9 +30,8 @@ from l2l_train.data import (
     split_eval_only,
 )
 from l2l_train.model import build_tokenizer
-from pipeline.datasets.manifest import image_root
-from pipeline.generate import select_pairs
-from pipeline.store import PriorStatus
+from pipeline.contract import PriorStatus
+from pipeline.datasets.manifest import image_root, read_pairs
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +112,7 @@ class _FailedStore:
 
 
 def test_prior_with_failure_status_is_absent(params, tokenizer):
-    rows = select_pairs(params, "unlabeled").slice(0, 2)
+    rows = read_pairs(params.paths, "unlabeled").slice(0, 2)
     source = PairSource(
         rows, image_root(params.paths.samples), IMAGE_SIZE, tokenizer, _FailedStore()
     )
@@ -219,7 +218,7 @@ def test_visit_stream_splits_ranks_and_resumes():
 
 def test_eval_uses_every_sentence_at_original_resolution(params, sources):
     val = sources["val"]
-    rows = select_pairs(params, "val")
+    rows = read_pairs(params.paths, "val")
     data = EvalPairs(val)
     assert len(data) == rows.num_rows
     assert sorted(val.sample_id) == sorted(rows["sample_id"].to_pylist())

@@ -1,6 +1,8 @@
 """`dvc.yaml` cannot drift from the code: each stage's code deps are exactly the import closure
-of the CLI command it runs, and its params cover what that command's results depend on,
-without the runtime-only keys that change nothing but speed or logging.
+of the CLI command it runs, and its params cover what that command's results depend on (as
+the code's own identities define it: the teacher identity that keys every prior, the run
+identity a checkpoint resumes under), without the runtime-only keys that change nothing but
+speed, devices or logging (marked in the config dataclasses).
 
 The closure is read from the source (ast), starting at the typer command's function: the CLI
 module's top-level imports plus the imports inside that function, then every import (at any
@@ -10,6 +12,7 @@ depth: heavy imports sit inside the functions that need them) of every project m
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import re
 from collections.abc import Iterable
@@ -17,6 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from l2l_train.checkpoint import flatten, run_identity
+from l2l_train.config import TrainerParams
+from pipeline.config import runtime_only_keys, to_dict
+from pipeline.contract import teacher_identity
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "l2l_train")
@@ -107,16 +115,20 @@ def stage_commands(stage: dict) -> list[tuple[str, str]]:
     return found
 
 
+def holds_code(path: Path) -> bool:
+    """False for a file of nothing but a docstring (a package marker): editing it cannot
+    change a result."""
+    body = ast.parse(path.read_text()).body
+    docstring = (
+        bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    )
+    return len(body) > int(docstring)
+
+
 def code_files(modules: Iterable[str], root: Path = REPO) -> set[str]:
-    """Repo-relative source files of ``modules``, leaving out top-level package markers that
-    hold no code (a change there cannot change a result)."""
-    files = set()
-    for name in modules:
-        path = module_file(name, root)
-        if name in PACKAGES and not ast.parse(path.read_text()).body[1:]:
-            continue
-        files.add(path.relative_to(root).as_posix())
-    return files
+    """Repo-relative source files of ``modules`` that hold code."""
+    paths = (module_file(name, root) for name in modules)
+    return {path.relative_to(root).as_posix() for path in paths if holds_code(path)}
 
 
 def code_deps(stage: dict) -> list[str]:
@@ -136,7 +148,48 @@ def dep_drift(stage: dict, root: Path = REPO) -> tuple[list[str], list[str]]:
     return missing, unused
 
 
+def covered(key: str, listed: Iterable[str]) -> bool:
+    """Whether a DVC params entry (a key or a whole section) covers dotted ``key``."""
+    return any(key == entry or key.startswith(entry + ".") for entry in listed)
+
+
+def teacher_keys() -> set[str]:
+    """The ``priors.*`` keys of the teacher identity, for every kind of teacher."""
+    priors = TrainerParams().priors
+    keys = set()
+    for kind in ("simulated", "qwen-sam2", "imported"):
+        identity = teacher_identity(dataclasses.replace(priors, teacher=kind))
+        keys |= {f"priors.{k}" for k in flatten(identity) if k != "version"}
+    return keys
+
+
+def section_keys(*sections: str) -> set[str]:
+    """Every leaf key of ``sections`` of the default params."""
+    flat = flatten(to_dict(TrainerParams()))
+    return {k for k in flat if k.split(".")[0] in sections}
+
+
+def result_keys() -> dict[str, set[str]]:
+    """Per stage, the params keys its results depend on (runtime-only keys are left out
+    below). data and split reach the later stages through the files they write, which are
+    those stages' deps."""
+    run = {
+        k for k in flatten(run_identity(TrainerParams())) if k.split(".")[0] in ("model", "train")
+    }
+    # What a training run reports and keeps: validation (best.pt), with or without priors.
+    validation = {"eval.prior", "eval.val_split", "eval.every_epochs", "eval.threshold"}
+    return {
+        "prepare": section_keys("data"),
+        "split": section_keys("split"),
+        "priors": section_keys("priors"),
+        "train": run | teacher_keys() | validation,
+        "evaluate": section_keys("eval") | teacher_keys(),
+        "figures": section_keys("figures") | {"eval.val_split"} | teacher_keys(),
+    }
+
+
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+RUNTIME_ONLY = runtime_only_keys(TrainerParams)
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -144,6 +197,23 @@ def test_stage_code_deps_are_the_import_closure_of_its_commands(name):
     missing, unused = dep_drift(STAGES[name])
     assert not missing, f"stage {name}: add to deps (imported by its command): {missing}"
     assert not unused, f"stage {name}: remove from deps (its command never imports): {unused}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_params_cover_its_results_and_no_runtime_only_key(name):
+    listed = [p for p in STAGES[name].get("params", []) if not p.startswith("paths.")]
+    runtime = sorted(k for k in RUNTIME_ONLY if covered(k, listed))
+    assert not runtime, f"stage {name}: runtime-only keys would rerun it: {runtime}"
+    needed = result_keys()[name] - RUNTIME_ONLY
+    missing = sorted(k for k in needed if not covered(k, listed))
+    assert not missing, f"stage {name}: add to params (its results depend on them): {missing}"
+
+
+def test_stage_params_exist_in_params_yaml():
+    params = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    for name, stage in STAGES.items():
+        absent = [p for p in stage.get("params", []) if not any(covered(k, [p]) for k in params)]
+        assert not absent, f"stage {name}: params not in params.yaml: {absent}"
 
 
 def test_the_drift_check_sees_a_missing_and_an_extra_dep():

@@ -13,12 +13,13 @@ import pytest
 import yaml
 
 from pipeline.config import load_pipeline_config
-from pipeline.datasets.manifest import write_manifest
+from pipeline.contract import teacher_hash
+from pipeline.datasets.manifest import read_pairs, write_manifest
 from pipeline.datasets.synthetic import build_synthetic
-from pipeline.generate import Shard, generate, select_pairs
+from pipeline.generate import Shard, generate
 from pipeline.split import partition, write_partition
-from pipeline.store import PriorStore, part_index_path
-from pipeline.teacher import teacher_hash
+from pipeline.store.layout import part_index_path
+from pipeline.store.reader import PriorStore
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(dataset, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     interrupted = len(index_rows(Path(killed.paths.priors)))
-    total = select_pairs(killed, "unlabeled").num_rows
+    total = read_pairs(killed.paths, "unlabeled").num_rows
     assert 0 < interrupted < total, "the kill must land part-way through"
 
     summary = generate(killed, "unlabeled")
@@ -131,7 +132,7 @@ def test_two_shards_are_disjoint_and_cover_every_pair(dataset, tmp_path):
     parts = [pq.read_table(part_index_path(cfg.paths.priors, p)).to_pylist() for p in (0, 1)]
     ids = [{r["sample_id"] for r in rows} for rows in parts]
     assert ids[0] and ids[1] and not ids[0] & ids[1]
-    pairs = select_pairs(cfg, "unlabeled").to_pylist()
+    pairs = read_pairs(cfg.paths, "unlabeled").to_pylist()
     assert ids[0] | ids[1] == {p["sample_id"] for p in pairs}
     image_of = {p["sample_id"]: p["image_id"] for p in pairs}
     images = [{image_of[i] for i in s} for s in ids]
@@ -189,7 +190,7 @@ def test_a_missing_image_does_not_stop_generation(dataset, tmp_path):
     from pipeline.datasets.manifest import image_root
 
     cfg = config_for(dataset, tmp_path / "priors")
-    pairs = select_pairs(cfg, "unlabeled").to_pylist()
+    pairs = read_pairs(cfg.paths, "unlabeled").to_pylist()
     root = image_root(cfg.paths.samples)
     moved = tmp_path / "moved.png"
     shutil.move(root / pairs[0]["image_path"], moved)

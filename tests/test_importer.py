@@ -10,10 +10,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import load_pipeline_config
+from pipeline.contract import PriorStatus, resize_prob, teacher_hash
 from pipeline.importer import as_probability, import_priors, imported_config, match_files
-from pipeline.report import resize_prob
-from pipeline.store import PriorStatus, PriorStore
-from pipeline.teacher import teacher_hash
+from pipeline.store.reader import PriorStore
 
 
 def stored_priors(params) -> dict[str, tuple[np.ndarray, int]]:
@@ -23,7 +22,7 @@ def stored_priors(params) -> dict[str, tuple[np.ndarray, int]]:
     found = {}
     for sample_id in PAIRS:
         try:
-            prob, status = store.get_samples([sample_id])
+            prob, status = store.get(store.lookup_sample([sample_id]))
         except KeyError:
             continue
         found[sample_id] = (prob[0], int(status[0]))

@@ -29,11 +29,11 @@ from l2l_train.model.sesm import (
     LinearStructure,
     masked_word_attention,
     mix_streams,
-    resize_prior,
+    pool_prior_to_grid,
     sincos_2d,
     token_instance_norm,
 )
-from pipeline.config import ConfigError
+from pipeline.schema import ConfigError
 
 VOCAB = 50
 
@@ -115,9 +115,9 @@ def test_sincos_2d_hand_values():
         sincos_2d((2, 2), 6)
 
 
-def test_resize_prior_averages_cells():
+def test_pool_prior_to_grid_averages_cells():
     prior = torch.tensor([[[[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]])  # (1, 1, 2, 4)
-    torch.testing.assert_close(resize_prior(prior, (1, 2)), torch.tensor([[[[0.75, 0.0]]]]))
+    torch.testing.assert_close(pool_prior_to_grid(prior, (1, 2)), torch.tensor([[[[0.75, 0.0]]]]))
 
 
 def test_mix_streams_weights_and_missing_stream():
@@ -428,7 +428,7 @@ def test_a_perfect_prior_survives_the_prior_path(sesm_model):
 
     assert scored(head_input[:, :1]) >= 0.97 * own
     quarter = torch.nn.functional.interpolate(
-        resize_prior(prior, (16, 16)), size=(64, 64), mode="bilinear", align_corners=False
+        pool_prior_to_grid(prior, (16, 16)), size=(64, 64), mode="bilinear", align_corners=False
     )
     assert scored(quarter) < 0.9 * own
 

@@ -3,14 +3,14 @@ answers and hand-computed boxes."""
 
 import pytest
 
-from pipeline.grounding.parse import (
+from pipeline.contract import PriorStatus
+from pipeline.teachers.parse import (
     Cue,
     ground_answer,
     input_to_original,
     parse_answer,
     point_to_original,
 )
-from pipeline.store import PriorStatus
 
 FENCED = (
     '```json\n[{"bbox_2d": [14, 28, 42, 56], "point_2d": [28, 42], "label": "the red ball"}]\n```'

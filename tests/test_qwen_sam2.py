@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 from tiny_models import make_tiny_qwen, tiny_qwen_config, tiny_sam2_config, tiny_sam2_prior
 
-from pipeline.grounding.qwen import build_grounder, input_frame_sizes
-from pipeline.segment.sam2 import (
+from pipeline.contract import PriorStatus
+from pipeline.teachers.qwen import build_grounder, input_frame_sizes
+from pipeline.teachers.sam2 import (
     SAM2Prior,
     best_mask_logits,
     build_sam2_prior,
     logits_to_prob,
     point_prompts,
 )
-from pipeline.store import PriorStatus
 
 # (height, width) of each test image and, hand-computed, the frame Qwen's processor resizes
 # it to: each side rounded to a multiple of 28 within the tiny model's 3136..12544 pixels.

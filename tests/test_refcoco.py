@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 from refer_fixture import fixture_config, make_refer_fixture, truncate_jpeg
 
-from pipeline.config import ConfigError, DataConfig
+from pipeline.config import DataConfig
 from pipeline.datasets.manifest import decode_mask, load_rgb
 from pipeline.datasets.refcoco import ReferFormatError, ann_mask, build_refcoco
+from pipeline.schema import ConfigError
 
 
 @pytest.fixture

@@ -13,11 +13,16 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import load_pipeline_config
+from pipeline.contract import (
+    PriorStatus,
+    pair_image_hashes,
+    pair_keys,
+    teacher_hash,
+    teacher_identity,
+)
 from pipeline.datasets.manifest import image_root, read_manifest
-from pipeline.generate import pair_image_hashes, pair_keys
 from pipeline.report import prior_intersection_union, prior_quality, summarize
-from pipeline.store import PriorRows, PriorStatus, PriorWriter
-from pipeline.teacher import teacher_hash, teacher_identity
+from pipeline.store.writer import PriorRows, PriorWriter
 from pipeline.visualize import BOX_COLOUR, render_sample
 
 OK, NO_GROUNDING, MISSING = PriorStatus.OK, PriorStatus.NO_GROUNDING, PriorStatus.MISSING

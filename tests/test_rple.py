@@ -23,7 +23,7 @@ from l2l_train.rple import (
     soft_update,
     threshold_change,
 )
-from pipeline.config import ConfigError, build_section
+from pipeline.schema import ConfigError, build_section
 
 X = IGNORE_INDEX
 Q_HAT = torch.tensor([[0.9, 0.6], [0.2, 0.1]]).view(1, 1, 2, 2)

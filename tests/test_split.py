@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import SplitConfig
-from pipeline.split import partition, read_partition, role_counts, write_partition
+from pipeline.datasets.manifest import read_partition
+from pipeline.split import partition, role_counts, write_partition
 
 
 def make_manifest(n_images: int, pairs_per_image: int = 3, n_val: int = 2) -> pa.Table:

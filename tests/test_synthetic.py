@@ -8,18 +8,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.config import ConfigError, SyntheticConfig, build_section
+from pipeline.config import SyntheticConfig
 from pipeline.datasets.manifest import decode_mask, sample_id
-from pipeline.datasets.synthetic import (
-    COLORS,
-    build_synthetic,
-    generate_scene,
-    read_objects,
-    shape_mask,
-)
+from pipeline.datasets.synthetic import OBJECTS_FILE, build_synthetic
+from pipeline.datasets.synthetic_scenes import COLORS, generate_scene, shape_mask
+from pipeline.schema import ConfigError, build_section
 
 SMALL = {"train_images": 30, "val_images": 10, "test_images": 10}
 
@@ -29,7 +26,7 @@ def built(tmp_path_factory):
     cfg = SyntheticConfig(dir=str(tmp_path_factory.mktemp("synthetic")), **SMALL)
     calls = []
     prepared = build_synthetic(cfg, progress=lambda: calls.append(1))
-    return cfg, prepared, read_objects(cfg.dir).to_pylist(), len(calls)
+    return cfg, prepared, pq.read_table(Path(cfg.dir) / OBJECTS_FILE).to_pylist(), len(calls)
 
 
 # ----------------------------------------------------------------------------- the oracle

@@ -11,12 +11,13 @@ from refer_fixture import fixture_config, make_refer_fixture
 from tiny_models import make_tiny_qwen, tiny_qwen_config, tiny_sam2_config, tiny_sam2_prior
 
 from pipeline.config import PathsConfig, PipelineConfig, PriorsConfig
+from pipeline.contract import PriorStatus, teacher_hash
 from pipeline.datasets.manifest import write_manifest
 from pipeline.datasets.refcoco import build_refcoco
 from pipeline.generate import generate
-from pipeline.grounding.qwen import build_grounder
-from pipeline.store import PriorStatus, PriorStore
-from pipeline.teacher import QwenSam2Teacher, teacher_hash
+from pipeline.store.reader import PriorStore
+from pipeline.teachers.qwen import build_grounder
+from pipeline.teachers.qwen_sam2 import QwenSam2Teacher
 
 ANSWERS = [
     '```json\n[{"bbox_2d": [2, 3, 20, 18], "point_2d": [9, 9], "label": "x"}]\n```',
@@ -69,7 +70,7 @@ def test_qwen_sam2_teacher_fills_the_store(tmp_path, monkeypatch):
 
     store = PriorStore.open(cfg.paths.priors, teacher_hash=teacher_hash(cfg.priors))
     train = [s for s in prepared.samples if s.split == "train"]
-    prob, status = store.get_samples([s.sample_id for s in train])
+    prob, status = store.get(store.lookup_sample([s.sample_id for s in train]))
     assert prob.shape == (train_rows, size, size)
     ok = status == PriorStatus.OK
     assert ok.sum() == (train_rows + 1) // 2

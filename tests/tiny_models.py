@@ -87,7 +87,7 @@ def make_tiny_qwen(directory: str | Path, seed: int = 0) -> Path:
     """Write a random tiny Qwen2.5-VL (model, tokenizer, processor) to ``directory``.
 
     Returns:
-        the folder, loadable by ``pipeline.grounding.qwen.build_grounder``.
+        the folder, loadable by ``pipeline.teachers.qwen.build_grounder``.
     """
     import torch
     from transformers import (
@@ -170,7 +170,7 @@ def tiny_sam2_config(**overrides) -> SAM2Config:
 
 
 def tiny_sam2_prior(size: int = TINY_SAM2_IMAGE_SIZE // 4, **overrides):
-    """A random-weight :class:`pipeline.segment.sam2.SAM2Prior` from :func:`tiny_sam2_config`."""
-    from pipeline.segment.sam2 import build_sam2_prior
+    """A random-weight :class:`pipeline.teachers.sam2.SAM2Prior` from :func:`tiny_sam2_config`."""
+    from pipeline.teachers.sam2 import build_sam2_prior
 
     return build_sam2_prior(tiny_sam2_config(**overrides), size, allow_random_weights=True)

@@ -83,7 +83,7 @@ def sincos_2d(
     return code.to(dtype) if dtype is not None else code
 
 
-def resize_prior(prior: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def pool_prior_to_grid(prior: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """The prior field at a stage grid: each cell the mean foreground probability under it,
     so soft priors keep their uncertainty and thin structures are not dropped.
 
@@ -154,7 +154,7 @@ class PriorField(nn.Module):
         if prior is None:
             field = self.absent.new_zeros(present.shape[0], 1, *grid)
         else:
-            field = resize_prior(prior.to(self.absent.dtype), grid) * (1 - absent)
+            field = pool_prior_to_grid(prior.to(self.absent.dtype), grid) * (1 - absent)
         features = self.embed(field) + absent * self.absent[None, :, None, None]
         return map_to_tokens(features)
 

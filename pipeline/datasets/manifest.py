@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import PathsConfig
+from pipeline.contract import ROLE_SPLITS, select_pairs
 from pipeline.tables import read_table, write_table_atomic
 
 SCHEMA = pa.schema(
@@ -108,6 +110,19 @@ def read_manifest(path: str | Path) -> pa.Table:
     return read_table(path, "manifest", "l2l-priors prepare")
 
 
+def read_partition(path: str | Path) -> pa.Table:
+    """The image-level labelled/unlabelled partition: sample_id, role (``pipeline.split``)."""
+    return read_table(path, "partition", "l2l-priors split")
+
+
+def read_pairs(paths: PathsConfig, split: str) -> pa.Table:
+    """The manifest rows of ``split``, a partition role (labeled/unlabeled) or a dataset
+    split (train/val/test/testA/...); see :func:`pipeline.contract.select_pairs`."""
+    manifest = read_manifest(paths.samples)
+    partition = read_partition(paths.partition) if split in ROLE_SPLITS else None
+    return select_pairs(manifest, split, partition)
+
+
 def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
     """The folder that the manifest at ``path``'s ``image_path`` column is relative to."""
     path = Path(path)
@@ -116,11 +131,6 @@ def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
         raise ValueError(f"{path}: not an L2L manifest (no {IMAGE_ROOT_KEY.decode()} metadata)")
     # Relative to the real file, so a symlinked manifest (one per experiment) still resolves.
     return (path.resolve().parent / meta[IMAGE_ROOT_KEY].decode()).resolve()
-
-
-def rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Manifest rows as dicts (for small tables and tests; hot paths use columns)."""
-    return table.to_pylist()
 
 
 def load_rgb(path: str | Path):

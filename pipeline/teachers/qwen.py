@@ -4,7 +4,7 @@
 processor. :class:`QwenGrounder` prompts one chat turn per pair (the image, then
 ``MLLMConfig.prompt`` formatted with the expression), generates greedily for a batch of
 pairs at once (left padding, so every row's answer starts at the same column), decodes only
-the new tokens and hands each answer to :func:`pipeline.grounding.parse.ground_answer`,
+the new tokens and hands each answer to :func:`pipeline.teachers.parse.ground_answer`,
 which converts from the frame the model saw (``image_grid_thw`` * patch size, per sample)
 to original pixels.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import MLLMConfig, resolve_placement
-from pipeline.grounding.parse import GroundingResult, ground_answer
+from pipeline.teachers.parse import GroundingResult, ground_answer
 
 if TYPE_CHECKING:
     import torch

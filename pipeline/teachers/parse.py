@@ -11,7 +11,7 @@ a ```json fenced block or bare JSON (a list of objects, one object, or a bare ``
 y2]``), boxes given as strings, nested once or as two corner pairs, corners in either order,
 prose around the JSON; and when the JSON does not decode
 (truncated by ``max_new_tokens``, single quotes, a missing comma) it salvages every complete
-``bbox_2d`` / ``point_2d`` it can still read. Every answer gets a status, the store's :class:`PriorStatus`.
+``bbox_2d`` / ``point_2d`` it can still read. Every answer gets a status, the contract's :class:`PriorStatus`.
 No torch, no transformers.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.store import PriorStatus
+from pipeline.contract import PriorStatus
 
 BoxXYXY = tuple[float, float, float, float]
 PointXY = tuple[float, float]

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SimulatedTeacherConfig
+from pipeline.contract import NO_BOX, NO_POINT, PriorStatus, TeacherOutput, resize_prob
 from pipeline.datasets.manifest import decode_mask
-from pipeline.store import PriorStatus
-from pipeline.teacher import NO_BOX, NO_POINT, TeacherOutput
 
 
 def pair_rng(seed: int, sample_id: str) -> np.random.Generator:
@@ -146,15 +145,11 @@ def simulate_prior(
     ys, xs = np.nonzero(object_masks[grounded])
     pick = rng.integers(len(xs))
     point = np.array([xs[pick] + 0.5, ys[pick] + 0.5], dtype=np.float32)
-    return TeacherOutput(resize_square(prob, size), box, point, PriorStatus.OK)
-
-
-def resize_square(prob: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) map -> (size, size) float32 in the square-stretched frame (bilinear)."""
-    if prob.shape == (size, size):
-        return prob.astype(np.float32)
-    t = torch.from_numpy(prob.astype(np.float32))[None, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    # Into the square-stretched frame without antialiasing, as the simulation always has
+    # (stored priors stay the same); prob lies in [0, 1), so the resize's clamp never acts.
+    return TeacherOutput(
+        resize_prob(prob, (size, size), antialias=False), box, point, PriorStatus.OK
+    )
 
 
 class SimulatedTeacher:

@@ -1,0 +1,343 @@
+"""Appending priors to one part of the store: :class:`PriorWriter` and its batches."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.contract import PriorStatus
+from pipeline.store.layout import (
+    ARRAYS,
+    FORMAT_VERSION,
+    INDEX_SCHEMA,
+    check_keys,
+    check_part_matches,
+    fsync_path,
+    package_versions,
+    part_index_path,
+    part_zarr_path,
+    read_index,
+    read_part_attrs,
+)
+
+log = logging.getLogger(__name__)
+
+
+def writer_part(
+    store_dir: str | Path, rank: int, world_size: int, *, size: int, teacher_hash: str
+) -> int:
+    """The part a writer of rank ``rank`` out of ``world_size`` should open: the first of
+    ``rank, rank + world_size, ...`` that is absent or an intact part of this teacher and
+    size. Ranks get disjoint residues, so two writers never share a part; a part of another
+    teacher, or one whose metadata or index is unreadable, is passed over (and logged)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+    part = rank
+    while True:
+        zarr_path = part_zarr_path(store_dir, part)
+        if not zarr_path.exists():
+            return part
+        try:
+            check_part_matches(zarr_path, read_part_attrs(zarr_path), size, teacher_hash)
+            index_path = part_index_path(store_dir, part)
+            if index_path.exists():
+                read_index(index_path)
+            return part
+        except ValueError as err:
+            log.info("not appending to %s: %s", zarr_path.name, err)
+        part += world_size
+
+
+def _write_index_atomic(table: pa.Table, path: Path, fsync: bool) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    if fsync:
+        fsync_path(tmp)
+    tmp.replace(path)
+    if fsync:
+        fsync_path(path.parent)
+
+
+@dataclass(frozen=True)
+class PriorRows:
+    """A batch of ``n`` pairs' priors, as a teacher hands them to :meth:`PriorWriter.write`.
+
+    ``prob`` (n, S, S) probabilities in [0, 1] in the square-stretched image frame;
+    ``box`` (n, 4) XYXY and ``point`` (n, 2) XY in original image pixels, NaN where the
+    teacher found none; ``status`` (n,) :class:`PriorStatus` codes (a failed pair still
+    gets a row: its status says why, its ``prob`` is whatever the teacher chose, e.g. 0).
+    """
+
+    keys: Sequence[str]
+    sample_ids: Sequence[str]
+    prob: np.ndarray
+    box: np.ndarray
+    point: np.ndarray
+    status: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _validated(rows: PriorRows, size: int) -> dict[str, np.ndarray]:
+    """Check a batch against the part's prior size; return its columns in stored dtypes."""
+    keys = check_keys(rows.keys)
+    n = len(keys)
+    prob = np.asarray(rows.prob)
+    box = np.asarray(rows.box, dtype=np.float32)
+    point = np.asarray(rows.point, dtype=np.float32)
+    status = np.asarray(rows.status)
+    expected = {
+        "sample_ids": (n,),
+        "prob": (n, size, size),
+        "box": (n, 4),
+        "point": (n, 2),
+        "status": (n,),
+    }
+    actual = {
+        "sample_ids": (len(rows.sample_ids),),
+        "prob": prob.shape,
+        "box": box.shape,
+        "point": point.shape,
+        "status": status.shape,
+    }
+    for name, shape in expected.items():
+        if actual[name] != shape:
+            raise ValueError(
+                f"PriorRows.{name}: expected shape {shape} for {n} keys at prior "
+                f"size {size}, got {actual[name]}"
+            )
+    bad_prob = ~(np.isfinite(prob) & (prob >= 0) & (prob <= 1)).reshape(n, -1).all(axis=1)
+    if bad_prob.any():
+        i = int(np.argmax(bad_prob))
+        raise ValueError(
+            f"prob for key {keys[i]} has values outside [0, 1] or non-finite ones; "
+            "the teacher must turn them into a status (e.g. NON_FINITE)"
+        )
+    cues_inf = np.isinf(box).any(axis=1) | np.isinf(point).any(axis=1)
+    if cues_inf.any():
+        raise ValueError(
+            f"box/point for key {keys[int(np.argmax(cues_inf))]} is infinite (use NaN for 'no cue')"
+        )
+    stored_codes = [int(s) for s in PriorStatus if s != PriorStatus.MISSING]
+    bad_status = ~np.isin(status, stored_codes)
+    if bad_status.any():
+        i = int(np.argmax(bad_status))
+        raise ValueError(
+            f"status for key {keys[i]}: expected one of {stored_codes}, got {status[i].item()!r}"
+        )
+    return {
+        "prob": prob.astype(np.float16),
+        "box": box,
+        "point": point,
+        "status": status.astype(np.int8),
+        "key": np.array(keys, dtype=object),
+        "sample_id": np.array([str(s) for s in rows.sample_ids], dtype=object),
+    }
+
+
+class PriorWriter:
+    """Appends pairs' priors to one part; the only process that touches that part.
+
+    Creates ``part-NNNNN.zarr`` or reopens it, resuming after its last indexed row (rows a
+    crash left beyond the index are overwritten). Reopening a part written with another
+    ``teacher_hash`` or ``size`` raises :class:`PartMismatchError`: pick the part with
+    :func:`writer_part` instead. Rows are buffered and written a whole shard at a time; the
+    index is replaced after every flush. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        part: int,
+        *,
+        size: int,
+        teacher_config: Mapping[str, Any],
+        teacher_hash: str,
+        shard_rows: int = 128,
+        clevel: int = 5,
+        fsync: bool = True,
+    ):
+        import zarr
+
+        if shard_rows < 1:
+            raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+        self.store_dir = Path(store_dir)
+        self.part = part
+        self.size = size
+        self.zarr_path = part_zarr_path(store_dir, part)
+        self.index_path = part_index_path(store_dir, part)
+        self._fsync = fsync
+        self._closed = False
+        self._buffer: list[dict[str, np.ndarray]] = []
+        if self.zarr_path.exists():
+            check_part_matches(self.zarr_path, read_part_attrs(self.zarr_path), size, teacher_hash)
+            self._remove_partial_files()
+        else:
+            attrs = {
+                "l2l_prior_store": FORMAT_VERSION,
+                "size": size,
+                "teacher_hash": teacher_hash,
+                "teacher": dict(teacher_config),
+                "versions": package_versions(),
+            }
+            self._create_part(attrs, shard_rows, clevel)
+        group = zarr.open_group(self.zarr_path, mode="r+")
+        self._arrays = {name: group[name] for name in ARRAYS}
+        self.shard_rows = self._arrays["prob"].shards[0]
+        self._index = self._load_index()
+        self.rows = self._index.num_rows  # durable rows; the next flush writes from here
+        for arr in self._arrays.values():
+            arr.resize((self.rows, *arr.shape[1:]))
+
+    def _create_part(self, attrs: dict[str, Any], shard_rows: int, clevel: int) -> None:
+        """Build the empty group beside its final name and rename it into place, so a crash
+        mid-creation never leaves a part folder without its arrays."""
+        import zarr
+
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        # An index whose part folder was deleted names rows that no longer exist.
+        self.index_path.unlink(missing_ok=True)
+        building = self.zarr_path.with_name(self.zarr_path.name + ".creating")
+        shutil.rmtree(building, ignore_errors=True)
+        group = zarr.create_group(building, zarr_format=3, attributes=attrs)
+        _create_arrays(group, attrs["size"], shard_rows, clevel)
+        building.rename(self.zarr_path)
+
+    def _remove_partial_files(self) -> None:
+        # zarr writes each file to a temp name and renames it; a kill mid-write leaves the temp.
+        for tmp in self.zarr_path.rglob("*.partial"):
+            tmp.unlink(missing_ok=True)
+        self.index_path.with_name(self.index_path.name + ".tmp").unlink(missing_ok=True)
+
+    def _load_index(self) -> pa.Table:
+        if not self.index_path.exists():
+            return INDEX_SCHEMA.empty_table()
+        index = read_index(self.index_path)
+        rows = index.column("row").to_numpy()
+        if not np.array_equal(rows, np.arange(len(rows))):
+            raise ValueError(
+                f"prior index {self.index_path} does not list rows 0..{len(rows) - 1} "
+                "in order; it was not written by PriorWriter"
+            )
+        return index
+
+    @property
+    def pending(self) -> int:
+        """Rows buffered in memory, not yet durable."""
+        return sum(len(b["key"]) for b in self._buffer)
+
+    def write(self, rows: PriorRows) -> None:
+        """Buffer a batch (validated now, so a bad prior fails at its teacher, naming its
+        key) and flush every shard it completes."""
+        if self._closed:
+            raise RuntimeError(f"write to {self.zarr_path.name} after close()")
+        if len(rows):
+            self._buffer.append(_validated(rows, self.size))
+        while self._buffer and self.pending >= self._room_in_shard():
+            self._flush(self._room_in_shard())
+
+    def _room_in_shard(self) -> int:
+        # Fill up to the next shard boundary, so a part resumed mid-shard realigns once.
+        return self.shard_rows - self.rows % self.shard_rows
+
+    def flush(self) -> None:
+        """Make every buffered row durable (a partial shard is rewritten on the next flush)."""
+        if self._buffer:
+            self._flush(self.pending)
+
+    def _flush(self, count: int) -> None:
+        columns = {
+            name: np.concatenate([b[name] for b in self._buffer]) for name in self._buffer[0]
+        }
+        start, stop = self.rows, self.rows + count
+        for name, arr in self._arrays.items():
+            arr.resize((stop, *arr.shape[1:]))
+            arr[start:stop] = columns[name][:count]
+        if self._fsync:
+            for path in self._written_files(start, stop):
+                fsync_path(path)
+        batch = pa.table(
+            {
+                "key": columns["key"][:count],
+                "row": np.arange(start, stop),
+                "sample_id": columns["sample_id"][:count],
+                "status": columns["status"][:count],
+            },
+            schema=INDEX_SCHEMA,
+        )
+        index = pa.concat_tables([self._index, batch])
+        _write_index_atomic(index, self.index_path, self._fsync)
+        self._index, self.rows = index, stop
+        rest = {name: col[count:] for name, col in columns.items()}
+        self._buffer = [rest] if len(rest["key"]) else []
+
+    def _written_files(self, start: int, stop: int) -> list[Path]:
+        """The shard/chunk files holding rows [start, stop), their folders and the arrays'
+        metadata: what must reach the disk before the index may name those rows."""
+        paths = []
+        for name, arr in self._arrays.items():
+            folder = self.zarr_path / name
+            paths.append(folder / "zarr.json")
+            for shard in range(start // self.shard_rows, (stop - 1) // self.shard_rows + 1):
+                chunk = folder / arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+                paths += [chunk, chunk.parent]
+        return paths
+
+    def close(self) -> None:
+        if not self._closed:
+            self.flush()
+            self._closed = True
+
+    def __enter__(self) -> PriorWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Buffered rows were validated at write(), so they are kept even if the caller failed.
+        self.close()
+
+
+def _create_arrays(group, size: int, shard_rows: int, clevel: int) -> None:
+    from zarr.codecs import BloscCodec
+
+    def compressor():
+        return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
+
+    # NaN / -1 / "" fill values make a row the arrays lack read as invalid, never as a prior.
+    group.create_array(
+        "prob",
+        shape=(0, size, size),
+        dtype="float16",
+        chunks=(1, size, size),
+        shards=(shard_rows, size, size),
+        compressors=compressor(),
+        fill_value=np.nan,
+    )
+    for name, width in (("box", 4), ("point", 2)):
+        group.create_array(
+            name,
+            shape=(0, width),
+            dtype="float32",
+            chunks=(shard_rows, width),
+            compressors=compressor(),
+            fill_value=np.nan,
+        )
+    group.create_array(
+        "status",
+        shape=(0,),
+        dtype="int8",
+        chunks=(shard_rows,),
+        compressors=compressor(),
+        fill_value=int(PriorStatus.MISSING),
+    )
+    group.create_array(
+        "key", shape=(0,), dtype=str, chunks=(shard_rows,), compressors=compressor(), fill_value=""
+    )
