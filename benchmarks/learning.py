@@ -45,8 +45,8 @@ def load_split(params: Any, selection: str, size: int, store: Any) -> dict[str, 
     """Every pair of a partition role or split, in memory at ``size`` px."""
     import pyarrow.parquet as pq
 
-    from l2l_train.data import pair_source
     from l2l_train.model import build_tokenizer
+    from l2l_train.pairs import pair_source
 
     source = pair_source(params, selection, build_tokenizer(params.model.text), size, store)
     manifest = pq.read_table(Path(params.paths.manifests) / "samples.parquet")
@@ -74,8 +74,8 @@ def load_split(params: Any, selection: str, size: int, store: Any) -> dict[str, 
 
 def predict(model, cache, data, rows, prior: bool, batch: int = 64) -> list[torch.Tensor]:
     """Foreground masks at each pair's original resolution (threshold 0.5)."""
-    from l2l_train.data import normalize_images
     from l2l_train.evaluate import upsample_logits
+    from l2l_train.pairs import normalize_images
 
     out = []
     model.eval()
@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from l2l_train.augment import flip_expression
     from l2l_train.config import load_trainer_params
-    from l2l_train.data import normalize_images, open_teacher_store
     from l2l_train.losses import supervised_loss
     from l2l_train.model import build_segmentor, build_tokenizer
+    from l2l_train.pairs import normalize_images, open_teacher_store
     from l2l_train.text_cache import FrozenTextCache
 
     data_params = args.data or args.work / "data" / "params.yaml"

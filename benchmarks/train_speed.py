@@ -63,17 +63,11 @@ from common import (
 )
 
 from l2l_train.config import TrainerParams, load_trainer_params
-from l2l_train.data import (
-    LabeledPairs,
-    UnlabeledPairs,
-    open_teacher_store,
-    pair_source,
-    split_eval_only,
-    train_loader,
-)
+from l2l_train.data import LabeledPairs, UnlabeledPairs, split_eval_only, train_loader
 from l2l_train.eda import strong_expressions
 from l2l_train.model import build_segmentor, build_tokenizer, count_parameters
 from l2l_train.model.segmentor import paper_size_config
+from l2l_train.pairs import open_teacher_store, pair_source
 from l2l_train.runtime import start_runtime, to_device
 from l2l_train.step import Student
 from l2l_train.targets import plan_method

@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader
 
 from l2l_train.checkpoint import load_checkpoint
 from l2l_train.config import ModelConfig, TrainerParams
-from l2l_train.data import EvalPairs, eval_loader, normalize_images, open_teacher_store, pair_source
+from l2l_train.data import EvalPairs, eval_loader
 from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
+from l2l_train.pairs import normalize_images, open_teacher_store, pair_source
 from pipeline.schema import build_section
 
 log = logging.getLogger(__name__)

@@ -47,14 +47,13 @@ from l2l_train.data import (
     UnlabeledPairs,
     derive_seed,
     eval_loader,
-    open_teacher_store,
-    pair_source,
     split_eval_only,
     train_loader,
 )
 from l2l_train.epoch_stats import EpochStats
 from l2l_train.evaluate import evaluate
 from l2l_train.model import build_segmentor, build_tokenizer
+from l2l_train.pairs import open_teacher_store, pair_source
 from l2l_train.runtime import (
     Runtime,
     broadcast_buffers,

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from l2l_train.checkpoint import load_checkpoint
-from l2l_train.data import normalize_images, resize_image
 from l2l_train.evaluate import model_from_checkpoint, upsample_logits
+from l2l_train.pairs import normalize_images, resize_image
 
 
 class Predictor:

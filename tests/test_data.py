@@ -13,23 +13,25 @@ from trainer_workspace import IMAGE_SIZE, build_workspace
 
 from l2l_train.config import AugmentConfig, load_trainer_params
 from l2l_train.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     EvalPairs,
     LabeledPairs,
-    PairSource,
     RefVisits,
     UnlabeledPairs,
     VisitStream,
     collate_eval,
+    split_eval_only,
+)
+from l2l_train.model import build_tokenizer
+from l2l_train.pairs import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PairSource,
     normalize_images,
     open_teacher_store,
     pair_source,
     resize_mask,
     resize_prior,
-    split_eval_only,
 )
-from l2l_train.model import build_tokenizer
 from pipeline.contract import PriorStatus
 from pipeline.datasets.manifest import image_root, read_pairs
 

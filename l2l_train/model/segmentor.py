@@ -42,12 +42,8 @@ def prior_presence(
 
 
 class Segmentor(nn.Module):
-    """Image + expression (+ optional prior) -> foreground logits.
-
-    ``last_gates`` holds the gate values of the most recent forward, one
-    :class:`~l2l_train.model.sesm.StageGates` per stage (detached); ``gate_summary()``
-    averages them into scalars for logging.
-    """
+    """Image + expression (+ optional prior) -> foreground logits (and, when asked, each
+    stage's :class:`~l2l_train.model.sesm.StageGates`)."""
 
     def __init__(
         self,
@@ -65,7 +61,6 @@ class Segmentor(nn.Module):
         self.prior_field = prior_field
         self.decoder = decoder
         self.head = head
-        self.last_gates: tuple[StageGates, ...] = ()
 
     def forward(
         self,
@@ -77,12 +72,15 @@ class Segmentor(nn.Module):
         *,
         words: torch.Tensor | None = None,
         word_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_gates: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[StageGates, ...]]:
         """Shapes: images (B, 3, H, W) ImageNet-normalised; input_ids, attention_mask (B, T);
         prior (B, 1, H', W') foreground probabilities in [0, 1] in the image's frame (any
-        resolution) or None; prior_present (B,) bool, False for pairs without a prior.
+        resolution) or None; prior_present (B,) bool, False for pairs without a prior;
+        words (B, T, D), word_mask (B, T): precomputed text features instead of token ids.
 
-        Returns: foreground logits (B, 1, H, W).
+        Returns: foreground logits (B, 1, H, W); with ``return_gates``, also one
+        :class:`~l2l_train.model.sesm.StageGates` per stage (detached), as ``(logits, gates)``.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected shape (B, 3, H, W), got {tuple(images.shape)}")
@@ -104,8 +102,8 @@ class Segmentor(nn.Module):
             return tokens
 
         features = self.decoder(self.visual(images, condition))  # (B, dim, H/4, W/4)
-        self.last_gates = tuple(gates)
-        return self.head(features, images, self._full_resolution_prior(prior, present, images))
+        logits = self.head(features, images, self._full_resolution_prior(prior, present, images))
+        return (logits, tuple(gates)) if return_gates else logits
 
     def _full_resolution_prior(
         self, prior: torch.Tensor | None, present: torch.Tensor, images: torch.Tensor
@@ -121,16 +119,6 @@ class Segmentor(nn.Module):
             prior.to(images.dtype), size=images.shape[-2:], mode="bilinear", align_corners=False
         )
         return torch.cat([prior * flag, flag], dim=1)
-
-    def gate_summary(self) -> dict[str, float]:
-        """Mean gate values of the last forward: ``stage{i}/alpha_sem`` (SESM only) and
-        ``stage{i}/residual`` for stages i = 1..4."""
-        summary = {}
-        for stage, gates in enumerate(self.last_gates, start=1):
-            if gates.modality is not None:
-                summary[f"stage{stage}/alpha_sem"] = gates.modality[..., 0].mean().item()
-            summary[f"stage{stage}/residual"] = gates.residual.mean().item()
-        return summary
 
 
 def build_segmentor(cfg: ModelConfig, *, load_weights: bool = True) -> Segmentor:
