@@ -93,3 +93,65 @@ def build_workspace(root: Path, train_images: int = 16) -> Path:
 
 def params_dict(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
+
+
+def variant(workspace: Path, tmp_path: Path, **sections: dict[str, Any]) -> Path:
+    """The workspace's params with models/metrics under ``tmp_path`` and ``sections`` merged."""
+    paths = {"models": str(tmp_path / "models"), "metrics": str(tmp_path / "metrics")}
+    base = params_dict(workspace)
+    base["paths"] = {**base["paths"], **paths}
+    return write_params(tmp_path, base, **sections)
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    """Whether two state dicts hold the same keys and bitwise equal tensors."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now, for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ddp_train_worker(rank: int, params_path: str, port: int, out_dir: str) -> None:
+    """One of two torchrun-like ranks training ``params_path`` (gloo on CPU, nccl on GPUs);
+    saves its step count, model, actor and replay buffer to ``out_dir/rank{rank}.pt``."""
+    import os
+
+    import torch
+
+    from l2l_train.config import load_trainer_params
+    from l2l_train.loop import Run
+    from l2l_train.runtime import start_runtime, stop_runtime
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+    )
+    torch.set_num_threads(1)
+    params = load_trainer_params(params_path)
+    rt = start_runtime(params.train)
+    try:
+        run = Run(params, rt, restart=True, restart_if_stale=False)
+        summary = run.run()
+        student = run.trainer.student
+        torch.save(
+            {
+                "steps": summary.steps,
+                "model": student.model.state_dict(),
+                "actor": student.agent.actor.state_dict(),
+                "buffer": student.agent.buffer.state_dict(),
+            },
+            Path(out_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        stop_runtime(rt)

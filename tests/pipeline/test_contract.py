@@ -18,7 +18,7 @@ from pipeline.config import (
 )
 from pipeline.contract import intersection_union, resize_prob
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_runtime_only_keys_are_marked_once_for_both_halves():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from trainer_workspace import build_workspace, params_dict, write_params
+from trainer_workspace import params_dict, variant, write_params
 from typer.testing import CliRunner
 
 from l2l_train.cli import app
@@ -26,9 +26,9 @@ def invoke(*args: str, code: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(trainer_workspace, tmp_path_factory) -> Path:
     """The workspace's params after one `l2l-train run` (l2l, 2 steps)."""
-    params = build_workspace(tmp_path_factory.mktemp("cli"))
+    params = variant(trainer_workspace, tmp_path_factory.mktemp("cli"))
     out = invoke("run", "--params", params)
     assert "best val oIoU" in out
     return params

@@ -10,7 +10,7 @@ from l2l_train.config import load_trainer_params
 from pipeline.config import config_hash, load_pipeline_config, to_dict
 from pipeline.schema import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, params: dict) -> Path:

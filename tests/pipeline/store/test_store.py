@@ -22,7 +22,7 @@ from pipeline.store.writer import PriorRows, PriorWriter, writer_part
 SIZE = 8
 TEACHER = {"teacher": "simulated", "seed": 0}
 TEACHER_HASH = "t0"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def key_of(i: int, teacher_hash: str = TEACHER_HASH) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from trainer_workspace import build_workspace, params_dict, write_params
+from trainer_workspace import ddp_train_worker, free_port, same_tensors, variant
 
 from l2l_train.checkpoint import ConfigMismatchError, load_checkpoint
 from l2l_train.config import TrainConfig, load_trainer_params
@@ -23,27 +22,9 @@ from l2l_train.data import split_eval_only
 from l2l_train.loop import Run, run_training, steps_per_epoch
 from l2l_train.losses import IGNORE_INDEX
 from l2l_train.metrics import MeanAccumulator
-from l2l_train.runtime import Runtime, start_runtime, stop_runtime
+from l2l_train.runtime import Runtime
 from l2l_train.targets import plan_method
 from l2l_train.trainer import param_groups, poly_factor
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return build_workspace(tmp_path_factory.mktemp("loop"))
-
-
-def variant(workspace: Path, tmp_path: Path, **sections) -> Path:
-    """The workspace's params with models/metrics under ``tmp_path`` and ``sections`` merged."""
-    paths = {"models": str(tmp_path / "models"), "metrics": str(tmp_path / "metrics")}
-    base = params_dict(workspace)
-    base["paths"] = {**base["paths"], **paths}
-    return write_params(tmp_path, base, **sections)
-
-
-def same_tensors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
 
 # ----------------------------------------------------------------------------- pure pieces
 
@@ -87,8 +68,10 @@ def test_sums_means_hand_values():
 # ----------------------------------------------------------------------------- one step
 
 
-def test_step_refuses_unlabelled_ground_truth_and_makes_three_way_labels(workspace, tmp_path):
-    params = load_trainer_params(variant(workspace, tmp_path, train={"rple": False}))
+def test_step_refuses_unlabelled_ground_truth_and_makes_three_way_labels(
+    trainer_workspace, tmp_path
+):
+    params = load_trainer_params(variant(trainer_workspace, tmp_path, train={"rple": False}))
     run = Run(params, Runtime(torch.device("cpu")), restart=True, restart_if_stale=False)
     loader_x, loader_u = run.loaders()
     batch_x, batch_u = next(iter(loader_x)), next(iter(loader_u))
@@ -112,8 +95,8 @@ def test_step_refuses_unlabelled_ground_truth_and_makes_three_way_labels(workspa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "fixmatch", "fixed_fusion", "l2l"])
-def test_each_method_trains_and_writes_metrics(workspace, tmp_path, method):
-    params = load_trainer_params(variant(workspace, tmp_path, train={"method": method}))
+def test_each_method_trains_and_writes_metrics(trainer_workspace, tmp_path, method):
+    params = load_trainer_params(variant(trainer_workspace, tmp_path, train={"method": method}))
     summary = run_training(params)
     assert summary.steps == 2 and summary.best_epoch == 1
     assert 0 <= summary.best_val_oiou <= 1
@@ -146,9 +129,9 @@ def test_each_method_trains_and_writes_metrics(workspace, tmp_path, method):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reaches_the_uninterrupted_state(workspace, tmp_path):
+def test_sigkill_then_resume_reaches_the_uninterrupted_state(trainer_workspace, tmp_path):
     train = {"epochs": 2, "steps_per_epoch": 4, "checkpoint_every_steps": 1, "num_workers": 1}
-    killed = variant(workspace, tmp_path / "killed", train=train)
+    killed = variant(trainer_workspace, tmp_path / "killed", train=train)
     latest = tmp_path / "killed" / "models" / "latest.pt"
     # Its own process group: the kill takes the DataLoader worker down with it, as a crash
     # of the machine would, instead of leaving it holding the stderr pipe.
@@ -171,7 +154,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_state(workspace, tmp_path
     assert resumed.resumed_from_step == interrupted_at and resumed.steps == 8
 
     straight = run_training(
-        load_trainer_params(variant(workspace, tmp_path / "straight", train=train))
+        load_trainer_params(variant(trainer_workspace, tmp_path / "straight", train=train))
     )
     assert straight.steps == 8
     a = load_checkpoint(latest)
@@ -183,17 +166,17 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_state(workspace, tmp_path
 
 
 @pytest.mark.slow
-def test_config_mismatch_names_keys_and_restart_trains_anew(workspace, tmp_path):
-    first = load_trainer_params(variant(workspace, tmp_path))
+def test_config_mismatch_names_keys_and_restart_trains_anew(trainer_workspace, tmp_path):
+    first = load_trainer_params(variant(trainer_workspace, tmp_path))
     run_training(first)
     changed = load_trainer_params(
-        variant(workspace, tmp_path, train={"lr": 5e-4}, model={"decoder_dim": 8})
+        variant(trainer_workspace, tmp_path, train={"lr": 5e-4}, model={"decoder_dim": 8})
     )
     with pytest.raises(ConfigMismatchError, match=r"model\.decoder_dim, train\.lr"):
         run_training(changed)
     # Runtime-only keys do not block a resume: the run is complete and stays so.
     runtime = load_trainer_params(
-        variant(workspace, tmp_path, train={"log_every": 7}, eval={"batch_size": 3})
+        variant(trainer_workspace, tmp_path, train={"log_every": 7}, eval={"batch_size": 3})
     )
     assert run_training(runtime).resumed_from_step == 2
     fresh = run_training(changed, restart=True)
@@ -212,43 +195,10 @@ def test_config_mismatch_names_keys_and_restart_trains_anew(workspace, tmp_path)
 # ----------------------------------------------------------------------------- DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ddp_worker(rank: int, params_path: str, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-    )
-    torch.set_num_threads(1)
-    params = load_trainer_params(params_path)
-    rt = start_runtime(params.train)
-    try:
-        run = Run(params, rt, restart=True, restart_if_stale=False)
-        summary = run.run()
-        torch.save(
-            {
-                "steps": summary.steps,
-                "model": run.trainer.student.model.state_dict(),
-                "actor": run.trainer.student.agent.actor.state_dict(),
-                "buffer": run.trainer.student.agent.buffer.state_dict(),
-            },
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-    finally:
-        stop_runtime(rt)
-
-
 @pytest.mark.slow
-def test_two_process_gloo_ddp_keeps_models_and_agents_identical(workspace, tmp_path):
-    params = variant(workspace, tmp_path, train={"steps_per_epoch": 3})
-    mp.spawn(_ddp_worker, args=(str(params), _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_process_gloo_ddp_keeps_models_and_agents_identical(trainer_workspace, tmp_path):
+    params = variant(trainer_workspace, tmp_path, train={"steps_per_epoch": 3})
+    mp.spawn(ddp_train_worker, args=(str(params), free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert rank0["steps"] == rank1["steps"] == 3
     assert same_tensors(rank0["model"], rank1["model"])

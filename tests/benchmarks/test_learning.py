@@ -6,7 +6,6 @@ import json
 
 import pytest
 from benchmark_scripts import import_benchmark
-from trainer_workspace import build_workspace
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +14,8 @@ def learning():
 
 
 @pytest.mark.slow
-def test_curve_kinds_text_swap_and_teacher_scores(learning, tmp_path):
-    workspace = build_workspace(tmp_path / "ws")
+def test_curve_kinds_text_swap_and_teacher_scores(learning, trainer_workspace, tmp_path):
+    workspace = trainer_workspace
     out = tmp_path / "learning.json"
     learning.main(
         [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from trainer_workspace import IMAGE_SIZE, build_workspace
+from trainer_workspace import IMAGE_SIZE
 
 from l2l_train.config import AugmentConfig, load_trainer_params
 from l2l_train.data import (
@@ -37,8 +37,8 @@ from pipeline.datasets.manifest import image_root, read_pairs
 
 
 @pytest.fixture(scope="module")
-def params(tmp_path_factory):
-    return load_trainer_params(build_workspace(tmp_path_factory.mktemp("data")))
+def params(trainer_workspace):
+    return load_trainer_params(trainer_workspace)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,37 @@
+"""Shared fixtures and the test tiers.
+
+Tests mirror the packages: ``tests/pipeline`` (the offline stages, the store, the teachers,
+the datasets), ``tests/l2l_train`` (the trainer), ``tests/benchmarks`` (smoke runs of the
+benchmark scripts), and at the top the checks of ``dvc.yaml`` against the code. Helpers shared
+by several files live beside this one (``trainer_workspace.py``, ``tiny_models.py``, ...;
+``pyproject.toml`` puts this folder on ``sys.path``).
+
+Tiers: ``slow`` tests take more than a few seconds and still run in CI; ``gpu`` tests
+(``tests/gpu``) need CUDA and are skipped without it: run them with ``pytest -m gpu`` on a
+machine that has one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_workspace import build_workspace
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def trainer_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """params.yaml of a tiny trainer workspace (synthetic data, priors, a one-layer BERT),
+    shared read-only: tests write models and metrics under their own folders
+    (:func:`trainer_workspace.variant`)."""
+    return build_workspace(tmp_path_factory.mktemp("workspace"))
