@@ -155,3 +155,32 @@ def ddp_train_worker(rank: int, params_path: str, port: int, out_dir: str) -> No
         )
     finally:
         stop_runtime(rt)
+
+
+def kill_after_first_checkpoint(params: Path, timeout: float = 60) -> int:
+    """Start ``l2l-train run --params params`` and SIGKILL it as soon as ``latest.pt``
+    exists; returns the step that checkpoint holds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from l2l_train.checkpoint import load_checkpoint
+
+    latest = Path(params_dict(params)["paths"]["models"]) / "latest.pt"
+    # Its own process group: the kill takes the DataLoader worker down with it, as a crash
+    # of the machine would, instead of leaving it holding the stderr pipe.
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "l2l-train", "run", "--params", str(params)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    return load_checkpoint(latest)["step"]

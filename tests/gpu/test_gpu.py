@@ -4,18 +4,17 @@ run them with ``pytest -m gpu`` whenever a GPU machine is available."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from trainer_workspace import ddp_train_worker, free_port, same_tensors, variant
+from trainer_workspace import (
+    ddp_train_worker,
+    free_port,
+    kill_after_first_checkpoint,
+    same_tensors,
+    variant,
+)
 
 from l2l_train.checkpoint import load_checkpoint
 from l2l_train.config import load_trainer_params
@@ -30,19 +29,7 @@ def test_bf16_training_is_finite_and_resumes_after_a_kill(trainer_workspace, tmp
     train = {**CUDA_TRAIN, "epochs": 2, "steps_per_epoch": 4, "checkpoint_every_steps": 1}
     params = variant(trainer_workspace, tmp_path, train=train)
     latest = tmp_path / "models" / "latest.pt"
-    proc = subprocess.Popen(
-        [Path(sys.executable).parent / "l2l-train", "run", "--params", str(params)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    interrupted_at = load_checkpoint(latest)["step"]
+    interrupted_at = kill_after_first_checkpoint(params, timeout=120)
     assert 0 < interrupted_at < 8
 
     summary = run_training(load_trainer_params(params))

@@ -4,17 +4,17 @@ end to end, resume after SIGKILL, config mismatches, and 2-process gloo DDP."""
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from trainer_workspace import ddp_train_worker, free_port, same_tensors, variant
+from trainer_workspace import (
+    ddp_train_worker,
+    free_port,
+    kill_after_first_checkpoint,
+    same_tensors,
+    variant,
+)
 
 from l2l_train.checkpoint import ConfigMismatchError, load_checkpoint
 from l2l_train.config import TrainConfig, load_trainer_params
@@ -133,21 +133,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_state(trainer_workspace, 
     train = {"epochs": 2, "steps_per_epoch": 4, "checkpoint_every_steps": 1, "num_workers": 1}
     killed = variant(trainer_workspace, tmp_path / "killed", train=train)
     latest = tmp_path / "killed" / "models" / "latest.pt"
-    # Its own process group: the kill takes the DataLoader worker down with it, as a crash
-    # of the machine would, instead of leaving it holding the stderr pipe.
-    proc = subprocess.Popen(
-        [Path(sys.executable).parent / "l2l-train", "run", "--params", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    interrupted_at = load_checkpoint(latest)["step"]
+    interrupted_at = kill_after_first_checkpoint(killed)
     assert 0 < interrupted_at < 8
 
     resumed = run_training(load_trainer_params(killed))
