@@ -208,7 +208,7 @@ def _run_and_kill(store_dir: Path, body: str) -> None:
     script = (
         textwrap.dedent(f"""
         import os, signal, sys
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
+        sys.path[:0] = [{str(REPO)!r}, {str(Path(__file__).parent)!r}]
         import pipeline.store.writer as store
         from test_store import make_rows, writer
         from pathlib import Path
