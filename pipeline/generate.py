@@ -30,7 +30,7 @@ from pipeline.contract import (
     teacher_identity,
 )
 from pipeline.datasets.manifest import image_root, read_pairs
-from pipeline.store.layout import fsync_path
+from pipeline.store.layout import fsync_path, list_parts, part_index_path
 from pipeline.store.reader import PriorStore
 from pipeline.store.writer import PriorRows, PriorWriter, writer_part
 from pipeline.teachers import Teacher, build_teacher
@@ -186,6 +186,17 @@ def image_batches(pairs: list[dict], max_pairs: int) -> list[list[dict]]:
     return batches
 
 
+def _indexed_rows(store_dir: str | Path) -> dict[int, int]:
+    """Index entries per part, now (an unreadable index counts none)."""
+    rows = {}
+    for part in list_parts(store_dir):
+        try:
+            rows[part] = pq.read_metadata(part_index_path(store_dir, part)).num_rows
+        except (OSError, pa.ArrowException):
+            rows[part] = 0
+    return rows
+
+
 def generate(
     cfg: PipelineConfig,
     split: str,
@@ -215,6 +226,7 @@ def generate(
     keys = pair_keys(pairs, [hashes[i] for i in mine], t_hash)
 
     # Opening with this teacher's hash logs the parts of other teacher configs it ignores.
+    indexed_at_scan = _indexed_rows(cfg.paths.priors)
     store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash, verify=verify)
     done = store.has_pairs(keys, [p["sample_id"] for p in pairs]) if pairs else np.zeros(0, bool)
     todo = np.flatnonzero(~done)
@@ -245,6 +257,11 @@ def generate(
                 zip(index["key"].to_pylist(), index["sample_id"].to_pylist(), strict=True)
             )
             cues = CuesLog(Path(cfg.paths.priors) / "cues", part, durable)
+            # Another run on this shard may have finished the part between our scan and our
+            # lock (building a teacher takes minutes): skip what it indexed meanwhile.
+            late = index.slice(indexed_at_scan.get(part, 0))
+            late = set(zip(late["key"].to_pylist(), late["sample_id"].to_pylist(), strict=True))
+            todo = [i for i in todo if (keys[i], pairs[i]["sample_id"]) not in late]
             for batch in image_batches([pairs[i] for i in todo], cfg.priors.mllm.batch_size):
                 outputs = teacher.predict(batch, root)
                 batch_keys = [key_of[p["sample_id"]] for p in batch]

@@ -27,12 +27,13 @@ TESTS = Path(__file__).resolve().parent
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: this checkout importable, one thread."""
+    """The environment of a CLI subprocess: this checkout importable, one thread, no wrapping."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO), str(TESTS), *filter(None, [env.get("PYTHONPATH")])]
     )
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["COLUMNS"] = "1000"  # rich would wrap error messages (and the paths in them) at 80
     env.update(extra)
     return env
 
@@ -133,16 +134,21 @@ def tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
-def kill_after(argv: list[str], delay: float, log: Path) -> bool:
-    """Start ``argv`` and SIGKILL its group ``delay`` seconds later; True if it was still
-    running then (False: it had finished, and must have succeeded)."""
+def kill_after(argv: list[str], delay: float, log: Path, anchor: Path | None = None) -> bool:
+    """Start ``argv`` and SIGKILL its group ``delay`` seconds later, counted from when
+    ``anchor`` appears if given (so a slow start on a loaded machine does not shift where
+    the kill lands); True if it was still running then (False: it had finished, and must
+    have succeeded)."""
     proc = start(argv, log)
     try:
+        if anchor is not None:
+            while not anchor.exists() and proc.poll() is None:
+                time.sleep(0.002)
         proc.wait(delay)
     except subprocess.TimeoutExpired:
         kill_group(proc)
         return True
-    assert proc.returncode == 0, tail(log)
+    assert proc.wait() == 0, tail(log)
     return False
 
 

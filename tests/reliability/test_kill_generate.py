@@ -44,14 +44,16 @@ def _timed_reference(workspace: Path, folder: Path) -> tuple[dict, float, float]
 def kill_and_rerun(workspace: Path, tmp_path: Path, kills: int, seed: int) -> list[str]:
     """``kills`` trials, each on a fresh store: the CLI SIGKILLed after a random delay, then
     generate rerun to completion and compared with the uninterrupted run. Delays are drawn
-    from a seeded RNG, one per equal slice of the window from just before the reference
-    started writing to its end (stratified, so kills spread over the whole run). Returns a
-    line per trial saying where the kill landed."""
+    from a seeded RNG, one per equal slice of the reference run's duration around its
+    writing (stratified, so kills spread over the whole run). Returns a line per trial
+    saying where the kill landed."""
     reference, first_write, duration = _timed_reference(workspace, tmp_path / "reference")
     total = read_pairs(load_cfg(workspace).paths, "unlabeled").num_rows
     assert len(reference["pairs"]) == total
-    lo = 0.8 * first_write
-    edges = np.linspace(lo, duration, kills + 1)
+    # Delays count from the moment the run starts writing the store; a fifth of the window
+    # lies before it (the teacher's start, the store scan), counted from launch instead.
+    before, writing = 0.25 * first_write, duration - first_write
+    edges = np.linspace(-before, writing, kills + 1)
     delays = np.random.default_rng(seed).uniform(edges[:-1], edges[1:])
     landings = []
     for trial, delay in enumerate(delays):
@@ -59,9 +61,11 @@ def kill_and_rerun(workspace: Path, tmp_path: Path, kills: int, seed: int) -> li
         params = priors_variant(workspace, folder)
         cfg = load_cfg(params)
         priors = Path(cfg.paths.priors)
-        killed = kill_after(
-            priors_cli("generate", "--params", str(params)), float(delay), folder / "log.txt"
-        )
+        argv = priors_cli("generate", "--params", str(params))
+        if delay < 0:
+            killed = kill_after(argv, first_write + delay, folder / "log.txt")
+        else:
+            killed = kill_after(argv, delay, folder / "log.txt", anchor=priors)
         indexed = sum(
             pq.read_metadata(part_index_path(priors, p)).num_rows for p in list_parts(priors)
         )
@@ -69,7 +73,7 @@ def kill_and_rerun(workspace: Path, tmp_path: Path, kills: int, seed: int) -> li
         summary = generate(cfg, "unlabeled")  # the rerun, to completion
         assert summary.skipped == indexed and summary.computed == total - indexed
         landings.append(
-            f"kill {trial} at {delay:.2f}s: "
+            f"kill {trial} {delay:+.2f}s from the first write: "
             + (f"{indexed}/{total} pairs indexed, left {left}" if killed else "run had finished")
         )
         got = store_snapshot(priors)
