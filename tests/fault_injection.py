@@ -193,3 +193,66 @@ def leftovers(priors_dir: Path) -> list[str]:
     return sorted(
         str(p.relative_to(priors_dir)) for pattern in patterns for p in priors_dir.rglob(pattern)
     )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+STALLED = "STALLED"  # written beside the checkpoints when the stalled write is under way
+
+
+def train_with_stalled_checkpoint(params: str, stall_at_step: int) -> None:
+    """``l2l-train run --params params`` whose checkpoint of step ``stall_at_step`` writes half
+    its bytes to the temp file, fsyncs them, marks ``STALLED`` and hangs there, for a test
+    to SIGKILL it mid-write (run it in a subprocess: it patches ``torch.save``)."""
+    import io
+
+    import torch
+
+    from l2l_train.cli import app
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == stall_at_step:
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            (Path(f.name).parent / STALLED).touch()
+            time.sleep(3600)
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+    app(["run", "--params", params], standalone_mode=False)
+
+
+class RecordedLoader:
+    """Iterates ``loader`` and appends ``(stream, fingerprint)`` of each batch to ``seen``:
+    the fingerprint hashes every tensor's bytes and every string, so two runs drew the same
+    samples, in the same order, with the same augmentations exactly when they match."""
+
+    def __init__(self, loader, stream: str, seen: list[tuple[str, str]]):
+        self.loader, self.stream, self.seen = loader, stream, seen
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.seen.append((self.stream, batch_fingerprint(batch)))
+            yield batch
+
+
+def batch_fingerprint(batch: dict) -> str:
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(batch):
+        value = batch[name]
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            digest.update(value.contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()[:16]

@@ -40,7 +40,7 @@ class StoreWriteError(OSError):
 
     def __init__(self, message: str, cause: OSError):
         super().__init__(message)
-        self.errno, self.strerror, self.filename = cause.errno, cause.strerror, cause.filename
+        self.errno = cause.errno  # only errno: with strerror set, str() would drop the message
 
 
 def writer_part(
@@ -257,8 +257,12 @@ class PriorWriter:
         self.index_path.unlink(missing_ok=True)
         building = self.zarr_path.with_name(self.zarr_path.name + ".creating")
         shutil.rmtree(building, ignore_errors=True)
-        group = zarr.create_group(building, zarr_format=3, attributes=attrs)
-        _create_arrays(group, attrs["size"], shard_rows, clevel)
+        try:
+            group = zarr.create_group(building, zarr_format=3, attributes=attrs)
+            _create_arrays(group, attrs["size"], shard_rows, clevel)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)  # on a full disk, give the space back
+            raise
         building.rename(self.zarr_path)
 
     def _remove_partial_files(self) -> None:
