@@ -256,3 +256,53 @@ def batch_fingerprint(batch: dict) -> str:
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()[:16]
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc-per-node nproc -m ARGS`` with this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        *args,
+    ]
+
+
+def check_two_worker_store(workspace: Path, tmp_path: Path, **env: str) -> None:
+    """``torchrun`` two generate workers on one store: parts 0 and 1, disjoint, every pair
+    once, and the same stored priors and cues as one process's run."""
+    from pipeline.datasets.manifest import read_pairs
+    from pipeline.generate import generate
+    from pipeline.store.layout import list_parts, part_index_path
+
+    params = priors_variant(workspace, tmp_path / "torchrun")
+    log = tmp_path / "torchrun.txt"
+    run_to_end(torchrun(2, "-m", "pipeline.cli", "generate", "--params", str(params)), log, **env)
+    priors = Path(load_cfg(params).paths.priors)
+    assert list_parts(priors) == [0, 1]
+    ids = [
+        pq.read_table(part_index_path(priors, p)).column("sample_id").to_pylist() for p in (0, 1)
+    ]
+    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])
+    pairs = read_pairs(load_cfg(params).paths, "unlabeled").column("sample_id").to_pylist()
+    assert sorted(ids[0] + ids[1]) == sorted(pairs)  # every pair, once
+
+    single = load_cfg(priors_variant(workspace, tmp_path / "single"))
+    generate(single, "unlabeled")
+    got, want = store_snapshot(priors), store_snapshot(Path(single.paths.priors))
+    assert got == want
+    assert leftovers(priors) == []
+
+
+PLACEMENT_SCRIPT = """
+import json, os, sys
+import torch
+from pipeline.config import resolve_placement
+device, dtype = resolve_placement("cuda", "auto")
+x = torch.ones(1, device=device)
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as fh:
+    json.dump({"device": str(x.device), "dtype": dtype, "local_rank": os.environ["LOCAL_RANK"]}, fh)
+"""
