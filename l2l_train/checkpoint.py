@@ -3,15 +3,19 @@
 A checkpoint holds everything needed to continue a run exactly: model, optimiser, scheduler,
 the RPLE agent (networks, optimisers and replay buffer), step, epoch, the best validation
 score, RNG states and the resolved config. It is written to a temporary file in the same
-folder and renamed over the target, so a crash mid-write leaves the previous checkpoint intact.
+folder and renamed over the target, so a crash mid-write leaves the previous checkpoint intact;
+the temp files of killed writers are removed by the next save, and a failed write (full disk)
+removes its own and raises :class:`CheckpointWriteError`.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
 import random
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,16 +59,71 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, read-only folder); the message
+    names the file, and the previous checkpoint of that name is intact."""
+
+
+def _temp_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{pid}.tmp")
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Remove the temp files of writers of ``path`` on this host that no longer run: a kill
+    mid-write leaves one (a checkpoint's size each), and every run has its own pid."""
+    prefix = f".{path.name}.{socket.gethostname()}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix) : -len(".tmp")]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    A failed write removes its temp file and raises :class:`CheckpointWriteError` naming
+    ``path``; the previous checkpoint stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    tmp = _temp_name(path, os.getpid())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temps(path)
+        with tmp.open("wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        _fsync_dir(path.parent)
+    except Exception as err:
+        tmp.unlink(missing_ok=True)  # on a full disk a partial checkpoint is what fills it
+        # torch.save reports a failed write of the file as a RuntimeError around the OSError.
+        cause = err if isinstance(err, OSError) else err.__context__ or err.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {cause.strerror or cause}; "
+            f"the previous {path.name}, if any, is intact"
+        ) from err
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable once the folder's entry is: without this a power cut can
+    # bring back the old checkpoint, or none.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

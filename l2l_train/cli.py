@@ -81,7 +81,7 @@ def run(
     train.checkpoint_every_steps, best.pt by validation oIoU) and per-epoch metrics to
     paths.metrics/train (dvclive). Resumes from latest.pt when its params match.
     """
-    from l2l_train.checkpoint import ConfigMismatchError
+    from l2l_train.checkpoint import CheckpointWriteError, ConfigMismatchError
     from l2l_train.loop import StepInfo, run_training
 
     cfg = _load(params)
@@ -112,6 +112,8 @@ def run(
             )
         except ConfigMismatchError as err:
             raise fail(err, 2) from None
+        except CheckpointWriteError as err:  # full disk: the previous checkpoint is intact
+            raise fail(err) from None
         except (FileNotFoundError, ValueError) as err:
             raise fail(err) from None
     if not _is_main_rank():

@@ -189,6 +189,7 @@ def generate(
     """
     from pipeline.generate import Shard
     from pipeline.generate import generate as run_generate
+    from pipeline.store.lock import PartLockedError
 
     cfg = _load(params)
     try:
@@ -207,7 +208,9 @@ def generate(
                     on_total=lambda n: bar.update(task, total=n),
                     on_pairs=lambda k: bar.advance(task, k),
                 )
-            except (FileNotFoundError, ValueError) as err:
+            # OSError: a read-only or full store folder (StoreWriteError names the path);
+            # PartLockedError: another live run writes this shard's part.
+            except (OSError, ValueError, PartLockedError) as err:
                 raise fail(err) from None
         rows = [
             ["pairs in shard", summary.pairs],
@@ -286,6 +289,7 @@ def import_priors(
     without a file are listed and not written. Resumable: pairs already stored are skipped.
     """
     from pipeline.importer import import_priors as run_import
+    from pipeline.store.lock import PartLockedError
 
     cfg = _load(params)
     with progress_bar(f"importing {split} from {directory}", None, "pairs") as (bar, task):
@@ -297,7 +301,7 @@ def import_priors(
                 on_total=lambda n: bar.update(task, total=n),
                 on_pairs=lambda k: bar.advance(task, k),
             )
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError, PartLockedError) as err:
             raise fail(err) from None
     _print_table(
         f"import-priors --split {split} -> {cfg.paths.priors} "

@@ -30,6 +30,7 @@ from pipeline.contract import (
     teacher_identity,
 )
 from pipeline.datasets.manifest import image_root, read_pairs
+from pipeline.store.layout import fsync_path, list_parts, part_index_path
 from pipeline.store.reader import PriorStore
 from pipeline.store.writer import PriorRows, PriorWriter, writer_part
 from pipeline.teachers import Teacher, build_teacher
@@ -95,18 +96,42 @@ def _rows_of(pairs: list[dict], keys: list[str], outputs, size: int) -> PriorRow
 
 class CuesLog:
     """Grounding cues and raw MLLM text, for inspection (``<store>/cues/part-NNNNN-SSSSS.parquet``,
-    readable together as one Parquet dataset). Rows are written in files of ``every`` pairs;
-    a crash loses at most the unwritten ones, which the rerun writes again."""
+    readable together as one Parquet dataset).
 
-    def __init__(self, folder: Path, part: int, every: int = 4096):
-        self.folder, self.part, self.every = folder, part, every
-        self.rows: list[dict] = []
-        self.sequence = (
-            len(list(folder.glob(f"part-{part:05d}-*.parquet"))) if folder.exists() else 0
-        )
+    Cues are committed with the priors: :class:`PriorWriter` calls :meth:`commit` with the rows
+    it is about to index, and the part's current file is rewritten (temp file, rename) with
+    them until it holds ``every`` rows, then the next file starts. So a kill never loses the
+    cues of an indexed pair (the rerun skips that pair, it would never write them again) and
+    never leaves a half-written file. Cues committed just before a kill whose index write
+    did not happen belong to pairs the rerun computes again: ``durable`` (the part's index
+    entries) drops them when the part is reopened, so no pair is listed twice."""
+
+    def __init__(
+        self,
+        folder: Path,
+        part: int,
+        durable: set[tuple[str, str]] = frozenset(),
+        every: int = 4096,
+        fsync: bool = True,
+    ):
+        self.folder, self.part, self.every, self.fsync = folder, part, every, fsync
+        self.pending: list[dict] = []  # added, their priors not yet indexed
+        self.current: list[dict] = []  # the rows of file ``sequence``, as on disk
+        files = sorted(folder.glob(f"part-{part:05d}-*.parquet")) if folder.exists() else []
+        for tmp in folder.glob(f"part-{part:05d}-*.parquet.tmp") if folder.exists() else []:
+            tmp.unlink(missing_ok=True)  # a kill mid-write
+        self.sequence = max(len(files) - 1, 0)
+        if files:
+            # Only the last commit can be ahead of the index, and it went to the last file.
+            rows = pq.read_table(files[-1]).to_pylist()
+            self.current = [r for r in rows if (r["key"], r["sample_id"]) in durable]
+            if len(self.current) != len(rows):
+                self._write()
+            if len(self.current) >= every:
+                self.sequence, self.current = len(files), []
 
     def add(self, pairs: list[dict], keys: list[str], outputs) -> None:
-        self.rows += [
+        self.pending += [
             {
                 "key": k,
                 "sample_id": p["sample_id"],
@@ -117,16 +142,30 @@ class CuesLog:
             }
             for p, k, o in zip(pairs, keys, outputs, strict=True)
         ]
-        if len(self.rows) >= self.every:
-            self.flush()
 
-    def flush(self) -> None:
-        if not self.rows:
+    def commit(self, count: int) -> None:
+        """Make the ``count`` oldest added rows durable (called before the index names them)."""
+        self.current += self.pending[:count]
+        self.pending = self.pending[count:]
+        self._write()
+        if len(self.current) >= self.every:
+            self.sequence, self.current = self.sequence + 1, []
+
+    def _write(self) -> None:
+        path = self.folder / f"part-{self.part:05d}-{self.sequence:05d}.parquet"
+        if not self.current:
+            path.unlink(missing_ok=True)
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"part-{self.part:05d}-{self.sequence:05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=CUES_SCHEMA), path)
-        self.rows, self.sequence = [], self.sequence + 1
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            pq.write_table(pa.Table.from_pylist(self.current, schema=CUES_SCHEMA), tmp)
+            if self.fsync:
+                fsync_path(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(path)
 
 
 def image_batches(pairs: list[dict], max_pairs: int) -> list[list[dict]]:
@@ -145,6 +184,17 @@ def image_batches(pairs: list[dict], max_pairs: int) -> list[list[dict]]:
     if current:
         batches.append(current)
     return batches
+
+
+def _indexed_rows(store_dir: str | Path) -> dict[int, int]:
+    """Index entries per part, now (an unreadable index counts none)."""
+    rows = {}
+    for part in list_parts(store_dir):
+        try:
+            rows[part] = pq.read_metadata(part_index_path(store_dir, part)).num_rows
+        except (OSError, pa.ArrowException):
+            rows[part] = 0
+    return rows
 
 
 def generate(
@@ -176,6 +226,7 @@ def generate(
     keys = pair_keys(pairs, [hashes[i] for i in mine], t_hash)
 
     # Opening with this teacher's hash logs the parts of other teacher configs it ignores.
+    indexed_at_scan = _indexed_rows(cfg.paths.priors)
     store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash, verify=verify)
     done = store.has_pairs(keys, [p["sample_id"] for p in pairs]) if pairs else np.zeros(0, bool)
     todo = np.flatnonzero(~done)
@@ -189,7 +240,8 @@ def generate(
             cfg.paths.priors, shard.index, shard.count, size=cfg.priors.size, teacher_hash=t_hash
         )
         key_of = {pairs[i]["sample_id"]: keys[i] for i in todo}
-        cues = CuesLog(Path(cfg.paths.priors) / "cues", part)
+        cues: CuesLog | None = None
+        # The writer takes the part's lock before anything reads or rewrites its cues.
         with PriorWriter(
             cfg.paths.priors,
             part,
@@ -198,16 +250,26 @@ def generate(
             teacher_hash=t_hash,
             shard_rows=cfg.priors.store.shard_rows,
             clevel=cfg.priors.store.clevel,
+            before_index=lambda n: cues.commit(n),
         ) as writer:
+            index = writer.index
+            durable = set(
+                zip(index["key"].to_pylist(), index["sample_id"].to_pylist(), strict=True)
+            )
+            cues = CuesLog(Path(cfg.paths.priors) / "cues", part, durable)
+            # Another run on this shard may have finished the part between our scan and our
+            # lock (building a teacher takes minutes): skip what it indexed meanwhile.
+            late = index.slice(indexed_at_scan.get(part, 0))
+            late = set(zip(late["key"].to_pylist(), late["sample_id"].to_pylist(), strict=True))
+            todo = [i for i in todo if (keys[i], pairs[i]["sample_id"]) not in late]
             for batch in image_batches([pairs[i] for i in todo], cfg.priors.mllm.batch_size):
                 outputs = teacher.predict(batch, root)
                 batch_keys = [key_of[p["sample_id"]] for p in batch]
+                cues.add(batch, batch_keys, outputs)  # before write(): it may index them
                 writer.write(_rows_of(batch, batch_keys, outputs, cfg.priors.size))
-                cues.add(batch, batch_keys, outputs)
                 for o in outputs:
                     name = PriorStatus(o.status).name.lower()
                     counts[name] = counts.get(name, 0) + 1
                 if on_pairs:
                     on_pairs(len(batch))
-        cues.flush()
     return GenerateSummary(split, len(pairs), len(pairs) - len(todo), len(todo), counts, part)

@@ -171,11 +171,13 @@ def kill_after_first_checkpoint(params: Path, timeout: float = 60) -> int:
     latest = Path(params_dict(params)["paths"]["models"]) / "latest.pt"
     # Its own process group: the kill takes the DataLoader worker down with it, as a crash
     # of the machine would, instead of leaving it holding the stderr pipe.
+    # `-m` from the checkout's root: the code under test, whichever l2l-train is on PATH.
     proc = subprocess.Popen(
-        [Path(sys.executable).parent / "l2l-train", "run", "--params", str(params)],
+        [sys.executable, "-m", "l2l_train.cli", "run", "--params", str(params)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     deadline = time.monotonic() + timeout
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -52,6 +52,10 @@ def part_index_path(store_dir: str | Path, part: int) -> Path:
     return Path(store_dir) / f"{part_name(part)}.index.parquet"
 
 
+def part_lock_path(store_dir: str | Path, part: int) -> Path:
+    return Path(store_dir) / f"{part_name(part)}.lock"
+
+
 def list_parts(store_dir: str | Path) -> list[int]:
     """Part numbers that have an index file (a part without one holds no durable rows)."""
     store_dir = Path(store_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,24 @@ from pipeline.store.layout import (
     fsync_path,
     package_versions,
     part_index_path,
+    part_lock_path,
+    part_name,
     part_zarr_path,
     read_index,
     read_part_attrs,
 )
+from pipeline.store.lock import PartLock
 
 log = logging.getLogger(__name__)
+
+
+class StoreWriteError(OSError):
+    """The store's files could not be written (read-only folder, full disk, quota); the
+    message names the path. What the index names stays intact: a rerun resumes there."""
+
+    def __init__(self, message: str, cause: OSError):
+        super().__init__(message)
+        self.errno = cause.errno  # only errno: with strerror set, str() would drop the message
 
 
 def writer_part(
@@ -58,9 +70,13 @@ def writer_part(
 
 def _write_index_atomic(table: pa.Table, path: Path, fsync: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    if fsync:
-        fsync_path(tmp)
+    try:
+        pq.write_table(table, tmp)
+        if fsync:
+            fsync_path(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written temp on a full disk only wastes space
+        raise
     tmp.replace(path)
     if fsync:
         fsync_path(path.parent)
@@ -152,6 +168,12 @@ class PriorWriter:
     ``teacher_hash`` or ``size`` raises :class:`PartMismatchError`: pick the part with
     :func:`writer_part` instead. Rows are buffered and written a whole shard at a time; the
     index is replaced after every flush. Use as a context manager, or call :meth:`close`.
+
+    The part is locked (``part-NNNNN.lock``) from construction to :meth:`close`: a second
+    writer raises :class:`~pipeline.store.lock.PartLockedError`. ``before_index(n)`` is called
+    once the ``n`` oldest buffered rows are on disk and before the index names them (generate
+    commits their cues there, so every indexed pair has its cues). A failed write raises
+    :class:`StoreWriteError`; the index keeps naming the rows written before it.
     """
 
     def __init__(
@@ -165,9 +187,8 @@ class PriorWriter:
         shard_rows: int = 128,
         clevel: int = 5,
         fsync: bool = True,
+        before_index: Callable[[int], None] | None = None,
     ):
-        import zarr
-
         if shard_rows < 1:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
         self.store_dir = Path(store_dir)
@@ -176,8 +197,36 @@ class PriorWriter:
         self.zarr_path = part_zarr_path(store_dir, part)
         self.index_path = part_index_path(store_dir, part)
         self._fsync = fsync
-        self._closed = False
+        self._before_index = before_index
+        self._closed = self._failed = False
         self._buffer: list[dict[str, np.ndarray]] = []
+        self._lock = PartLock(part_lock_path(store_dir, part), part_name(part))
+        try:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except OSError as err:  # a read-only or full store folder: say which, not a traceback
+            raise StoreWriteError(
+                f"cannot write the prior store {self.store_dir}: {err}", err
+            ) from err
+        try:
+            self._open(size, teacher_config, teacher_hash, shard_rows, clevel)
+        except OSError as err:
+            self._lock.release()
+            raise StoreWriteError(f"cannot open {self.zarr_path} for writing: {err}", err) from err
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(
+        self,
+        size: int,
+        teacher_config: Mapping[str, Any],
+        teacher_hash: str,
+        shard_rows: int,
+        clevel: int,
+    ) -> None:
+        import zarr
+
         if self.zarr_path.exists():
             check_part_matches(self.zarr_path, read_part_attrs(self.zarr_path), size, teacher_hash)
             self._remove_partial_files()
@@ -208,8 +257,12 @@ class PriorWriter:
         self.index_path.unlink(missing_ok=True)
         building = self.zarr_path.with_name(self.zarr_path.name + ".creating")
         shutil.rmtree(building, ignore_errors=True)
-        group = zarr.create_group(building, zarr_format=3, attributes=attrs)
-        _create_arrays(group, attrs["size"], shard_rows, clevel)
+        try:
+            group = zarr.create_group(building, zarr_format=3, attributes=attrs)
+            _create_arrays(group, attrs["size"], shard_rows, clevel)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)  # on a full disk, give the space back
+            raise
         building.rename(self.zarr_path)
 
     def _remove_partial_files(self) -> None:
@@ -231,6 +284,11 @@ class PriorWriter:
         return index
 
     @property
+    def index(self) -> pa.Table:
+        """The durable rows' index entries (key, row, sample_id, status)."""
+        return self._index
+
+    @property
     def pending(self) -> int:
         """Rows buffered in memory, not yet durable."""
         return sum(len(b["key"]) for b in self._buffer)
@@ -238,8 +296,8 @@ class PriorWriter:
     def write(self, rows: PriorRows) -> None:
         """Buffer a batch (validated now, so a bad prior fails at its teacher, naming its
         key) and flush every shard it completes."""
-        if self._closed:
-            raise RuntimeError(f"write to {self.zarr_path.name} after close()")
+        if self._closed or self._failed:
+            raise RuntimeError(f"write to {self.zarr_path.name} after close() or a failed write")
         if len(rows):
             self._buffer.append(_validated(rows, self.size))
         while self._buffer and self.pending >= self._room_in_shard():
@@ -259,12 +317,30 @@ class PriorWriter:
             name: np.concatenate([b[name] for b in self._buffer]) for name in self._buffer[0]
         }
         start, stop = self.rows, self.rows + count
+        try:
+            self._write_rows(columns, start, stop)
+        except OSError as err:
+            # The index still names only rows [0, start); what reached the arrays beyond it
+            # is overwritten by the next writer. No retry at close: the disk is still full.
+            self._failed = True
+            raise StoreWriteError(
+                f"writing rows {start}..{stop - 1} of {self.zarr_path} failed: {err}. "
+                f"Its index keeps the {start} rows written before; a rerun computes the rest",
+                err,
+            ) from err
+        rest = {name: col[count:] for name, col in columns.items()}
+        self._buffer = [rest] if len(rest["key"]) else []
+
+    def _write_rows(self, columns: dict[str, np.ndarray], start: int, stop: int) -> None:
+        count = stop - start
         for name, arr in self._arrays.items():
             arr.resize((stop, *arr.shape[1:]))
             arr[start:stop] = columns[name][:count]
         if self._fsync:
             for path in self._written_files(start, stop):
                 fsync_path(path)
+        if self._before_index is not None:
+            self._before_index(count)
         batch = pa.table(
             {
                 "key": columns["key"][:count],
@@ -277,8 +353,6 @@ class PriorWriter:
         index = pa.concat_tables([self._index, batch])
         _write_index_atomic(index, self.index_path, self._fsync)
         self._index, self.rows = index, stop
-        rest = {name: col[count:] for name, col in columns.items()}
-        self._buffer = [rest] if len(rest["key"]) else []
 
     def _written_files(self, start: int, stop: int) -> list[Path]:
         """The shard/chunk files holding rows [start, stop), their folders and the arrays'
@@ -293,9 +367,15 @@ class PriorWriter:
         return paths
 
     def close(self) -> None:
-        if not self._closed:
-            self.flush()
-            self._closed = True
+        """Flush what is buffered (unless a write failed) and release the part's lock."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._failed:
+                self.flush()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> PriorWriter:
         return self

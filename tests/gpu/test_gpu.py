@@ -67,3 +67,29 @@ def test_two_process_nccl_ddp_keeps_models_and_agents_identical(trainer_workspac
     assert same_tensors(rank0["model"], rank1["model"])
     assert same_tensors(rank0["actor"], rank1["actor"])
     assert torch.equal(rank0["buffer"]["state"], rank1["buffer"]["state"])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_torchrun_generate_puts_each_worker_on_its_own_gpu(tmp_path):
+    """Under torchrun, cuda (and auto) resolve to cuda:$LOCAL_RANK in every worker, and two
+    generate workers split the pairs and store what one process would."""
+    import json
+    import subprocess
+
+    from fault_injection import (
+        PLACEMENT_SCRIPT,
+        build_generate_workspace,
+        check_two_worker_store,
+        cli_env,
+        torchrun,
+    )
+
+    script = tmp_path / "placement.py"
+    script.write_text(PLACEMENT_SCRIPT)
+    subprocess.run(
+        [*torchrun(2, str(script), str(tmp_path))], check=True, env=cli_env(), timeout=300
+    )
+    placed = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [p["device"] for p in placed] == ["cuda:0", "cuda:1"]
+    assert all(p["dtype"] == "bfloat16" for p in placed)
+    check_two_worker_store(build_generate_workspace(tmp_path / "workspace"), tmp_path)

@@ -402,3 +402,19 @@ def test_dataloader_workers_read_through_forked_store(tmp_path):
             assert s == i % 3
             seen.add(i)
     assert seen == set(range(16))
+
+
+def test_a_second_writer_on_a_part_is_refused_and_failed_opens_release_the_lock(tmp_path):
+    from pipeline.store.lock import PartLockedError
+
+    with writer(tmp_path) as w:
+        w.write(make_rows(0, 2))
+        with pytest.raises(PartLockedError, match=r"part-00000 is being written by pid \d+"):
+            writer(tmp_path)
+        with writer(tmp_path, 1):  # another part is free
+            pass
+    with pytest.raises(PartMismatchError):
+        writer(tmp_path, size=16)
+    with writer(tmp_path) as w:  # the refused opens left no lock behind
+        assert w.rows == 2
+    assert not list(tmp_path.glob("*.lock"))

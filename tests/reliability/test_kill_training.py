@@ -1,0 +1,125 @@
+"""SIGKILL ``l2l-train run``, resume, and reach the uninterrupted run's state: weights, step
+count, visits consumed, metric history and the order (and augmentations) of the samples
+drawn after the resume; a kill in the middle of a checkpoint write leaves the previous
+checkpoint loadable, and its temp file does not pile up over repeated kills."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fault_injection import (
+    STALLED,
+    RecordedLoader,
+    kill_group,
+    start,
+    tail,
+)
+from trainer_workspace import kill_after_first_checkpoint, same_tensors, variant
+
+from l2l_train.checkpoint import load_checkpoint
+from l2l_train.config import load_trainer_params
+from l2l_train.loop import Run, run_training
+
+TRAIN = {"epochs": 2, "steps_per_epoch": 4, "checkpoint_every_steps": 1, "num_workers": 1}
+TOTAL_STEPS = 8
+
+
+def recorded_training(params: Path) -> tuple[object, list[tuple[str, str]]]:
+    """run_training(params) with every batch the loop draws fingerprinted, in order."""
+    seen: list[tuple[str, str]] = []
+    loaders = Run.loaders
+
+    def recording(self):
+        loader_x, loader_u = loaders(self)
+        return (
+            RecordedLoader(loader_x, "x", seen),
+            RecordedLoader(loader_u, "u", seen) if loader_u is not None else None,
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Run, "loaders", recording)
+        summary = run_training(load_trainer_params(params))
+    return summary, seen
+
+
+@pytest.fixture(scope="module")
+def straight(trainer_workspace, tmp_path_factory):
+    """An uninterrupted run: its final checkpoint and the batches it drew."""
+    folder = tmp_path_factory.mktemp("straight")
+    summary, seen = recorded_training(variant(trainer_workspace, folder, train=TRAIN))
+    assert summary.steps == TOTAL_STEPS and len(seen) == 2 * TOTAL_STEPS
+    return load_checkpoint(folder / "models" / "latest.pt"), seen
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    """Two final checkpoints of the same run: weights, agent, step, visits, metric history
+    (all but the wall-clock speeds)."""
+    assert a["step"] == b["step"] == TOTAL_STEPS
+    assert same_tensors(a["model"], b["model"])
+    assert same_tensors(a["agent"]["actor"], b["agent"]["actor"])
+    buffer_a, buffer_b = a["agent"]["buffer"], b["agent"]["buffer"]
+    assert buffer_a.keys() == buffer_b.keys()
+    for key, value in buffer_a.items():  # tensors and counters
+        assert (
+            torch.equal(value, buffer_b[key]) if torch.is_tensor(value) else value == buffer_b[key]
+        )
+    for key in ("step", "visits_x", "visits_u", "best_oiou", "best_epoch"):
+        assert a["progress"][key] == b["progress"][key], key
+
+    def learned(history):
+        return [{k: v for k, v in h.items() if not k.startswith("speed/")} for h in history]
+
+    assert learned(a["progress"]["history"]) == learned(b["progress"]["history"])
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_draws_the_same_samples_in_the_same_order(
+    trainer_workspace, tmp_path, straight
+):
+    reference, straight_seen = straight
+    params = variant(trainer_workspace, tmp_path, train=TRAIN)
+    interrupted_at = kill_after_first_checkpoint(params)
+    assert 0 < interrupted_at < TOTAL_STEPS
+    resumed, seen = recorded_training(params)
+    assert resumed.resumed_from_step == interrupted_at and resumed.steps == TOTAL_STEPS
+    # Step k draws one labelled then one unlabelled batch: the resumed run's draws are the
+    # uninterrupted run's from the interrupted step on.
+    assert seen == straight_seen[2 * interrupted_at :]
+    assert_same_run(load_checkpoint(tmp_path / "models" / "latest.pt"), reference)
+
+
+@pytest.mark.slow
+def test_a_kill_mid_checkpoint_write_keeps_the_previous_one_and_leaks_no_temp(
+    trainer_workspace, tmp_path, straight
+):
+    reference, _ = straight
+    params = variant(trainer_workspace, tmp_path, train=TRAIN)
+    models = tmp_path / "models"
+    temps = ".latest.pt.*.tmp"
+    for stall_at in (3, 6):  # two kills mid-write, each resumed by the next run
+        script = (
+            "from fault_injection import train_with_stalled_checkpoint as t; "
+            f"t({str(params)!r}, {stall_at})"
+        )
+        log = tmp_path / f"log{stall_at}.txt"
+        proc = start([sys.executable, "-c", script], log)
+        deadline = time.monotonic() + 300
+        while not (models / STALLED).exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, tail(log)
+            time.sleep(0.01)
+        assert proc.poll() is None, tail(log)
+        kill_group(proc)
+        (models / STALLED).unlink()
+        half_written = list(models.glob(temps))
+        assert len(half_written) == 1 and half_written[0].stat().st_size > 0
+        # The kill hit the write of step stall_at: latest is the step before, whole.
+        assert load_checkpoint(models / "latest.pt")["step"] == stall_at - 1
+    # Resuming removes the killed writers' temp files at its first save.
+    summary = run_training(load_trainer_params(params))
+    assert summary.resumed_from_step == 5 and summary.steps == TOTAL_STEPS
+    assert list(models.glob(temps)) == []
+    assert_same_run(load_checkpoint(models / "latest.pt"), reference)
