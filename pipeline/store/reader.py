@@ -305,9 +305,15 @@ class PriorStore:
             else:
                 block = arr.get_orthogonal_selection((unique, slice(None), slice(None)))
         except Exception as err:  # zarr and its codecs raise many types for damaged bytes
+            bad = []
+            for row in unique.tolist():  # the error path only: find the rows that are lost
+                try:
+                    self._array(part, "prob")[int(row)]
+                except Exception:
+                    bad.append(int(row))
             raise ValueError(
-                f"prior store {self.store_dir}: {self.parts[part].name} rows "
-                f"{unique[:5].tolist()} cannot be read ({type(err).__name__}: {err}); run "
+                f"prior store {self.store_dir}: {self.parts[part].name} has {len(bad)} "
+                f"unreadable rows, first {bad[:5]} ({type(err).__name__}: {err}); run "
                 "`l2l-priors verify` to list the damage and `l2l-priors generate` to recompute it"
             ) from err
         return block[inverse].astype(np.float32)
@@ -319,7 +325,8 @@ class PriorStore:
     # --------------------------------------------------------------- integrity
 
     def verify(self) -> VerifyReport:
-        """Decode every indexed row of every part and check it; never raises for bad data.
+        """Decode every row that reads are served from (the latest of each key's copies) and
+        check it; never raises for bad data.
 
         A row is bad if it cannot be read, if ``prob`` is not finite in [0, 1], or if the
         stored key or status differs from the index (a row the arrays never got reads as
@@ -328,8 +335,13 @@ class PriorStore:
         """
         report = VerifyReport(bad_parts=dict(self.skipped))
         part_col = self._entries.column("part").to_numpy()
+        # Rows a later copy of their key supersedes are never read (a damaged row that
+        # generate has since recomputed): only the rows reads are served from count.
+        served = self._key_part.astype(np.int64) << 40 | self._key_row
+        entry_at = part_col.astype(np.int64) << 40 | self._entries.column("row").to_numpy()
+        live = np.isin(entry_at, served)
         for info in self.parts.values():
-            index = self._entries.filter(pa.array(part_col == info.number))
+            index = self._entries.filter(pa.array((part_col == info.number) & live))
             rows = index.column("row").to_numpy()
             report.rows_checked += len(rows)
             try:
