@@ -26,9 +26,10 @@ from torch import Tensor
 from l2l_train.config import AugmentConfig
 from l2l_train.lexicon import LEXICON, SPATIAL_WORDS, STOP_WORDS
 
-# A word keeps inner hyphens and apostrophes ("left-most", "man's"); other punctuation is
-# dropped from edited candidates, as EDA does.
-_WORD = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*")
+# A word keeps inner hyphens and apostrophes ("left-most", "man's"); other punctuation (and
+# emoji) is dropped from edited candidates, as EDA does. Letters are any script's: an ASCII
+# class cut "für" into "f" and "r". On ASCII text both classes match the same words.
+_WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 
 
 def _mentions_spatial(phrase: str) -> bool:

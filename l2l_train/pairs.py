@@ -152,10 +152,16 @@ class PairSource:
         return np.split(order, starts[1:])
 
     def image(self, i: int) -> Tensor:
-        """(3, S, S) uint8 in the input frame."""
-        return resize_image(
-            np.asarray(load_rgb(self.image_root / self.image_path[i])), self.image_size
-        )
+        """(3, S, S) uint8 in the input frame. An unreadable image raises ``OSError`` naming
+        the sample and the file (prepare skips them: one missing since is a changed dataset)."""
+        try:
+            rgb = load_rgb(self.image_root / self.image_path[i])
+        except OSError as err:
+            raise OSError(
+                f"sample {self.sample_id[i]!r}: {err}; rerun `l2l-priors prepare` if the "
+                "images changed since the manifest was written"
+            ) from err
+        return resize_image(np.asarray(rgb), self.image_size)
 
     def has_mask(self, i: int) -> bool:
         return bool(self.mask_rle[i])
@@ -178,6 +184,14 @@ class PairSource:
             return torch.zeros(1, self.image_size, self.image_size), False
         prob, status = self.store.get([key], missing_ok=True)
         present = int(status[0]) == PriorStatus.OK
+        if present and not np.isfinite(prob[0]).all():
+            # The writer refuses such rows; bytes damaged on disk can still decode to NaN.
+            log.warning(
+                "prior of sample %r holds NaN/inf values (damaged store? run `l2l-priors "
+                "verify`): read as prior-absent",
+                self.sample_id[i],
+            )
+            present = False
         if not present:
             return torch.zeros(1, self.image_size, self.image_size), False
         return resize_prior(prob[0], self.image_size), True

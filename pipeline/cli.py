@@ -118,8 +118,25 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     )
     if prepared.skipped:
         console.print(
-            f"[yellow]{len(prepared.skipped)} items skipped[/yellow] (reasons logged above)"
+            f"[yellow]{len(prepared.skipped)} items skipped[/yellow] "
+            f"({cfg.paths.prepared}/report.json lists each with its reason):"
         )
+        for kind, n, example in skip_summary(prepared.skipped):
+            console.print(f"  {n} x {kind}, e.g. {example}", markup=False)
+
+
+def skip_summary(skipped: list[tuple[str, str]]) -> list[tuple[str, int, str]]:
+    """(kind, count, first example) of prepare's skips, by kind of item and reason with its
+    details (paths, numbers) blanked, so "image file missing: a/1.jpg" and "image file
+    missing: a/2.jpg" count together."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for item, reason in skipped:
+        pattern = re.sub(r"\d+", "N", re.sub(r"\S*/\S*", "<path>", reason))
+        kind = f"{item.split(' ', 1)[0]}: {pattern}"
+        groups.setdefault(kind, []).append(f"{item}: {reason}")
+    return [(kind, len(items), items[0]) for kind, items in groups.items()]
 
 
 @app.command()
@@ -223,6 +240,18 @@ def generate(
             ["", "count"],
             rows,
         )
+        failed = sum(n for status, n in summary.status_counts.items() if status != "ok")
+        if failed:
+            console.print(
+                f"[yellow]{failed} pairs stored without a usable prior[/yellow] "
+                "(the trainer reads them as prior-absent; raw answers in "
+                f"{cfg.paths.priors}/cues):"
+            )
+            for status, ids in sorted(summary.examples.items()):
+                console.print(
+                    f"  {summary.status_counts[status]} x {status}, e.g. {', '.join(ids)}",
+                    markup=False,
+                )
 
 
 @app.command()
@@ -325,6 +354,26 @@ def import_priors(
             f"to train on these priors set priors.teacher: imported in {params} "
             f"(it is {cfg.priors.teacher!r})"
         )
+
+
+@app.command()
+def verify(params: ParamsOption = Path("params.yaml")) -> None:
+    """Decode every row of priors.teacher's priors in the store and report what is damaged:
+    parts that cannot be read (metadata, index) and rows that do not decode, are not finite
+    in [0, 1] or disagree with the index. Exits 1 if anything is; `l2l-priors generate`
+    recomputes exactly those pairs."""
+    from pipeline.contract import teacher_hash
+    from pipeline.store.reader import PriorStore
+
+    cfg = _load(params)
+    try:
+        store = PriorStore.open(cfg.paths.priors, teacher_hash=teacher_hash(cfg.priors))
+        report = store.verify()
+    except (FileNotFoundError, ValueError) as err:
+        raise fail(err) from None
+    if not report.ok:
+        raise fail(report.summary() + "\nrerun `l2l-priors generate` to recompute these pairs")
+    console.print(report.summary())
 
 
 if __name__ == "__main__":  # torchrun -m pipeline.cli generate ...

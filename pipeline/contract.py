@@ -10,6 +10,7 @@ of the project but :mod:`pipeline.config` (the teacher identity is made of confi
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -66,12 +67,82 @@ NO_POINT = np.full(2, np.nan, np.float32)  # (2,) float32: "no grounding point"
 
 # Bump when the simulation's behaviour changes, so old simulated priors are not reused.
 SIMULATION_VERSION = 1
+# Bump when how qwen-sam2 turns answers into prompts changes (pipeline.teachers.parse, the
+# SAM2 prompting), for the same reason. 2: point-only answers and Qwen2-VL's tuple boxes.
+GROUNDING_VERSION = 2
+
+
+FINGERPRINT_EDGE = 1 << 20  # bytes hashed at each end of a large weights file
+_DOC_FILES = ("readme", "license", "notice")
+
+
+def _weights_files(root: Path) -> list[Path]:
+    """The files of a weights folder that a model's outputs can depend on: every file but
+    hidden ones (download caches, ``.gitattributes``) and documentation."""
+    files = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() == ".md" or path.name.lower().startswith(_DOC_FILES):
+            continue
+        files.append(path)
+    return sorted(files)
+
+
+def weights_fingerprint(path: str | None, key: str) -> str | None:
+    """16 hex chars that change when the contents of the weights at ``path`` (a folder or
+    one file) change: sha256 over each file's relative name, size and the sha256 of its
+    first and last MiB (of all of it, up to 2 MiB: config.json and the processor and
+    tokenizer files are hashed whole). Reads at most 2 MiB a file, so a 15 GB model takes
+    well under a second; the result is cached per (path, sizes, mtimes).
+
+    None for ``path`` None; ``FileNotFoundError`` naming ``key`` when nothing is there.
+    """
+    if path is None:
+        return None
+    root = Path(path)
+    if root.is_file():
+        files, base = [root], root.parent
+    elif root.is_dir():
+        files, base = _weights_files(root), root
+    else:
+        raise FileNotFoundError(
+            f"{key}: {path} not found. The teacher's identity, and so every prior's key, "
+            "fingerprints the weights' contents: put the weights there or point the key at them"
+        )
+    signature = tuple(
+        (str(p.relative_to(base)), st.st_size, st.st_mtime_ns)
+        for p, st in ((p, p.stat()) for p in files)
+    )
+    return _fingerprint(str(base.resolve()), signature)
+
+
+@functools.lru_cache(maxsize=32)
+def _fingerprint(base: str, signature: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for rel, size, _ in signature:
+        with (Path(base) / rel).open("rb") as fh:
+            if size <= 2 * FINGERPRINT_EDGE:
+                parts = [fh.read()]
+            else:
+                head = fh.read(FINGERPRINT_EDGE)
+                fh.seek(size - FINGERPRINT_EDGE)
+                parts = [head, fh.read(FINGERPRINT_EDGE)]
+        hashes = [hashlib.sha256(part).hexdigest() for part in parts]
+        digest.update(json.dumps([rel, size, hashes]).encode())
+    return digest.hexdigest()[:16]
 
 
 def teacher_identity(cfg: PriorsConfig) -> dict[str, Any]:
     """The resolved teacher config that a prior's value depends on: runtime-only settings
     (batch size, attention kernel, device; marked in the config) are left out, so changing
-    them reuses the stored priors. Not dtype: bf16 and fp32 give different masks."""
+    them reuses the stored priors. Not dtype: bf16 and fp32 give different masks.
+
+    The qwen-sam2 teacher's weights count by content as well as by path
+    (:func:`weights_fingerprint`): new files at the same path get new keys. So computing the
+    identity needs the weights where the config says they are (also to train on the priors:
+    the trainer looks them up by this identity's hash)."""
     identity: dict[str, Any] = {"teacher": cfg.teacher, "size": cfg.size}
     if cfg.teacher == "simulated":
         identity |= {"simulated": to_dict(cfg.simulated), "version": SIMULATION_VERSION}
@@ -79,6 +150,11 @@ def teacher_identity(cfg: PriorsConfig) -> dict[str, Any]:
         for name, section, cls in (("mllm", cfg.mllm, MLLMConfig), ("sam2", cfg.sam2, SAM2Config)):
             runtime = runtime_only_keys(cls)
             identity[name] = {k: v for k, v in to_dict(section).items() if k not in runtime}
+        identity["weights"] = {
+            "mllm": weights_fingerprint(cfg.mllm.path, "priors.mllm.path"),
+            "sam2": weights_fingerprint(cfg.sam2.checkpoint, "priors.sam2.checkpoint"),
+        }
+        identity["version"] = GROUNDING_VERSION
     else:
         identity["imported"] = to_dict(cfg.imported)
     return identity

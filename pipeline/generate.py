@@ -11,6 +11,7 @@ own store part.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.config import PipelineConfig
 from pipeline.contract import (
     PriorStatus,
+    TeacherOutput,
     pair_image_hashes,
     pair_keys,
     teacher_hash,
@@ -80,6 +82,24 @@ class GenerateSummary:
     computed: int
     status_counts: dict[str, int]
     part: int | None  # the store part written, None when nothing was computed
+    # status name -> the first few sample ids stored with it, for every status but ok
+    examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+
+def _finite_outputs(outputs: list[TeacherOutput], keys: list[str]) -> list[TeacherOutput]:
+    """A prior with NaN/inf values is never stored, and never as OK: its row keeps the
+    status NON_FINITE and an empty map (infinite cues become NaN, "no cue")."""
+    checked = []
+    for output, key in zip(outputs, keys, strict=True):
+        prob, status = output.prob, output.status
+        if prob is not None and not np.isfinite(prob).all():
+            log.warning("prior %s holds NaN/inf values: stored as non_finite", key)
+            prob = None
+            status = PriorStatus.NON_FINITE if status == PriorStatus.OK else status
+        box = np.where(np.isinf(output.box), np.nan, output.box).astype(np.float32)
+        point = np.where(np.isinf(output.point), np.nan, output.point).astype(np.float32)
+        checked.append(dataclasses.replace(output, prob=prob, status=status, box=box, point=point))
+    return checked
 
 
 def _rows_of(pairs: list[dict], keys: list[str], outputs, size: int) -> PriorRows:
@@ -233,9 +253,13 @@ def generate(
     if on_total:
         on_total(len(todo))
     counts: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
     part = None
     if len(todo):
         teacher = teacher or build_teacher(cfg)
+        # What the run used beyond the config (e.g. the MLLM's pixel budget), kept with the
+        # priors in the part's attributes; absent for teachers that have nothing to add.
+        runtime = getattr(teacher, "runtime_info", None)
         part = writer_part(
             cfg.paths.priors, shard.index, shard.count, size=cfg.priors.size, teacher_hash=t_hash
         )
@@ -246,7 +270,7 @@ def generate(
             cfg.paths.priors,
             part,
             size=cfg.priors.size,
-            teacher_config=identity,
+            teacher_config=identity | ({"runtime": runtime} if runtime else {}),
             teacher_hash=t_hash,
             shard_rows=cfg.priors.store.shard_rows,
             clevel=cfg.priors.store.clevel,
@@ -263,13 +287,17 @@ def generate(
             late = set(zip(late["key"].to_pylist(), late["sample_id"].to_pylist(), strict=True))
             todo = [i for i in todo if (keys[i], pairs[i]["sample_id"]) not in late]
             for batch in image_batches([pairs[i] for i in todo], cfg.priors.mllm.batch_size):
-                outputs = teacher.predict(batch, root)
                 batch_keys = [key_of[p["sample_id"]] for p in batch]
+                outputs = _finite_outputs(teacher.predict(batch, root), batch_keys)
                 cues.add(batch, batch_keys, outputs)  # before write(): it may index them
                 writer.write(_rows_of(batch, batch_keys, outputs, cfg.priors.size))
-                for o in outputs:
+                for p, o in zip(batch, outputs, strict=True):
                     name = PriorStatus(o.status).name.lower()
                     counts[name] = counts.get(name, 0) + 1
+                    if o.status != PriorStatus.OK and len(examples.setdefault(name, [])) < 3:
+                        examples[name].append(p["sample_id"])
                 if on_pairs:
                     on_pairs(len(batch))
-    return GenerateSummary(split, len(pairs), len(pairs) - len(todo), len(todo), counts, part)
+    return GenerateSummary(
+        split, len(pairs), len(pairs) - len(todo), len(todo), counts, part, examples
+    )

@@ -168,8 +168,14 @@ def load_config(path: str | Path, root_cls: type, ignore_sections: tuple[str, ..
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        with path.open() as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     raw = {k: v for k, v in raw.items() if k not in ignore_sections}

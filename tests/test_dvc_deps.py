@@ -159,7 +159,13 @@ def teacher_keys() -> set[str]:
     keys = set()
     for kind in ("simulated", "qwen-sam2", "imported"):
         identity = teacher_identity(dataclasses.replace(priors, teacher=kind))
-        keys |= {f"priors.{k}" for k in flatten(identity) if k != "version"}
+        # Not params: the version, and the weights' fingerprint (of mllm.path's and
+        # sam2.checkpoint's contents; those keys are params).
+        keys |= {
+            f"priors.{k}"
+            for k in flatten(identity)
+            if k != "version" and not k.startswith("weights.")
+        }
     return keys
 
 

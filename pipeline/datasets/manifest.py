@@ -134,13 +134,22 @@ def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
 
 
 def load_rgb(path: str | Path):
-    """Open an image file as an RGB PIL image, fully decoded (greyscale, CMYK, palette and
-    RGBA inputs are converted). Raises ``OSError`` naming the file if it cannot be read."""
+    """Open an image file as an RGB PIL image (8 bits per channel), fully decoded.
+
+    Greyscale, CMYK, palette and RGBA inputs are converted (alpha is dropped, the colour
+    under it kept). 16-bit greyscale is scaled to 8 bits by its high byte, as Pillow itself
+    reduces 16-bit colour PNGs; Pillow's own conversion would clip every value above 255 to
+    white. Raises ``OSError`` naming the file if it cannot be read.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I;16") or img.mode == "I":
+                wide = np.asarray(img, dtype=np.int64)  # I;16B and friends read as numbers
+                grey = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+                return Image.fromarray(grey, "L").convert("RGB")
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:
         raise OSError(f"unreadable image {path}: {err}") from err

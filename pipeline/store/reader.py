@@ -55,6 +55,15 @@ def _search(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.where(hit, pos, -1)
 
 
+def _parts_without_index(store_dir: Path) -> list[str]:
+    """Names of the parts in ``store_dir`` that have a ``.zarr`` folder but no index."""
+    if not store_dir.is_dir():
+        return []
+    indexed = {part_name(n) for n in list_parts(store_dir)}
+    names = (p.name.removesuffix(".zarr") for p in store_dir.glob("part-*.zarr"))
+    return sorted(n for n in names if n not in indexed)
+
+
 class PriorStore:
     """Read-only view of every part in a store folder.
 
@@ -101,6 +110,13 @@ class PriorStore:
         bad ones (slow: it decodes the whole store); the report is ``verify_report``."""
         store_dir = Path(store_dir)
         parts, tables, skipped = {}, [], {}
+        for name in _parts_without_index(store_dir):
+            why = (
+                "no index file (deleted, or the part is being written and has not flushed "
+                "yet): its rows count as missing, and generate recomputes them"
+            )
+            log.warning("prior store: leaving out %s: %s", name, why)
+            skipped[name] = why
         for number in list_parts(store_dir):
             name, zarr_path = part_name(number), part_zarr_path(store_dir, number)
             try:
@@ -279,13 +295,27 @@ class PriorStore:
         return self._arrays[handle]
 
     def _read_prob(self, part: int, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), S, S) float32 of one part; each distinct row decoded once."""
-        arr = self._array(part, "prob")
+        """(len(rows), S, S) float32 of one part; each distinct row decoded once. A shard
+        that does not decode raises ``ValueError`` naming the part and rows."""
         unique, inverse = np.unique(rows, return_inverse=True)
-        if len(unique) == 1:
-            block = arr[int(unique[0])][None]
-        else:
-            block = arr.get_orthogonal_selection((unique, slice(None), slice(None)))
+        try:
+            arr = self._array(part, "prob")
+            if len(unique) == 1:
+                block = arr[int(unique[0])][None]
+            else:
+                block = arr.get_orthogonal_selection((unique, slice(None), slice(None)))
+        except Exception as err:  # zarr and its codecs raise many types for damaged bytes
+            bad = []
+            for row in unique.tolist():  # the error path only: find the rows that are lost
+                try:
+                    self._array(part, "prob")[int(row)]
+                except Exception:
+                    bad.append(int(row))
+            raise ValueError(
+                f"prior store {self.store_dir}: {self.parts[part].name} has {len(bad)} "
+                f"unreadable rows, first {bad[:5]} ({type(err).__name__}: {err}); run "
+                "`l2l-priors verify` to list the damage and `l2l-priors generate` to recompute it"
+            ) from err
         return block[inverse].astype(np.float32)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -295,7 +325,8 @@ class PriorStore:
     # --------------------------------------------------------------- integrity
 
     def verify(self) -> VerifyReport:
-        """Decode every indexed row of every part and check it; never raises for bad data.
+        """Decode every row that reads are served from (the latest of each key's copies) and
+        check it; never raises for bad data.
 
         A row is bad if it cannot be read, if ``prob`` is not finite in [0, 1], or if the
         stored key or status differs from the index (a row the arrays never got reads as
@@ -304,8 +335,13 @@ class PriorStore:
         """
         report = VerifyReport(bad_parts=dict(self.skipped))
         part_col = self._entries.column("part").to_numpy()
+        # Rows a later copy of their key supersedes are never read (a damaged row that
+        # generate has since recomputed): only the rows reads are served from count.
+        served = self._key_part.astype(np.int64) << 40 | self._key_row
+        entry_at = part_col.astype(np.int64) << 40 | self._entries.column("row").to_numpy()
+        live = np.isin(entry_at, served)
         for info in self.parts.values():
-            index = self._entries.filter(pa.array(part_col == info.number))
+            index = self._entries.filter(pa.array((part_col == info.number) & live))
             rows = index.column("row").to_numpy()
             report.rows_checked += len(rows)
             try:

@@ -11,8 +11,17 @@ a ```json fenced block or bare JSON (a list of objects, one object, or a bare ``
 y2]``), boxes given as strings, nested once or as two corner pairs, corners in either order,
 prose around the JSON; and when the JSON does not decode
 (truncated by ``max_new_tokens``, single quotes, a missing comma) it salvages every complete
-``bbox_2d`` / ``point_2d`` it can still read. Every answer gets a status, the contract's :class:`PriorStatus`.
-No torch, no transformers.
+``bbox_2d`` / ``point_2d`` it can still read. An object with a point and no box is a
+point-only cue (SAM2 is prompted with the point alone). Failing all JSON, Qwen2-VL's own
+grounding form ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` (also with the special tokens
+stripped by the decoder) is read; its coordinates are in a 0-1000 normalised frame, not the
+input frame (:data:`NORM1000_HW`), and are converted from that frame instead.
+Every answer gets a status, the contract's :class:`PriorStatus`. No torch, no transformers.
+
+Several objects in one answer: :func:`ground_answer` takes the *first* whose box has area
+inside the image, in answer order. Matching labels against the expression does not help:
+the prompt asks the model to repeat the expression as the label, so every object carries it;
+and a model lists the object it is surest of first.
 """
 
 from __future__ import annotations
@@ -30,18 +39,30 @@ BoxXYXY = tuple[float, float, float, float]
 PointXY = tuple[float, float]
 
 
+# (height, width) of the frame Qwen2-VL's ``(x1,y1),(x2,y2)`` answers are in: 0-1000 on
+# both axes, whatever the image's size.
+NORM1000_HW = (1000, 1000)
+
+
 @dataclass(frozen=True)
 class Cue:
-    """One object named in an answer, in the MLLM's resized-input frame (pixels)."""
+    """One object named in an answer: in the MLLM's resized-input frame (pixels), or, when
+    ``norm1000`` (Qwen2-VL's tuple form), in the 0-1000 normalised frame."""
 
     box_input: BoxXYXY | None  # XYXY
     point_input: PointXY | None  # XY
     label: str | None
+    norm1000: bool = False
+
+    def frame_hw(self, input_hw: Sequence[int]) -> Sequence[int]:
+        """The (height, width) of the frame this cue's coordinates are in."""
+        return NORM1000_HW if self.norm1000 else input_hw
 
 
 @dataclass(frozen=True)
 class ParsedAnswer:
-    """``status`` is OK when at least one cue has a box, else NO_GROUNDING / UNPARSABLE."""
+    """``status`` is OK when at least one cue has a box or a point, else NO_GROUNDING /
+    UNPARSABLE."""
 
     status: PriorStatus
     cues: tuple[Cue, ...]  # every object read from the answer, in answer order
@@ -52,8 +73,10 @@ class GroundingResult:
     """The grounding of one pair: the first usable cue, converted to original pixels."""
 
     status: PriorStatus
-    box_original: BoxXYXY | None  # XYXY original pixels, clipped; set iff status is OK
-    point_original: PointXY | None  # XY original pixels, clipped; the chosen cue's point
+    # XYXY original pixels, clipped; None unless OK (and None for a point-only grounding)
+    box_original: BoxXYXY | None
+    # XY original pixels, clipped; the chosen cue's point (set for a point-only grounding)
+    point_original: PointXY | None
     label: str | None
     cues: tuple[Cue, ...]  # all cues of the answer, input frame (for cues.parquet)
     input_hw: tuple[int, int]  # the frame the model saw: image_grid_thw[1:] * patch size
@@ -77,6 +100,12 @@ _SALVAGE_POINT = re.compile(
     + r"""\s*[\]"']"""
 )
 _SALVAGE_LABEL = re.compile(r"""["']label["']\s*:\s*["']([^"'\n]*)["']""")
+# Qwen2-VL: ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``,
+# 0-1000 normalised; decoding with skip_special_tokens leaves ``label(x1,y1),(x2,y2)``.
+_TUPLE_BOX = re.compile(
+    r"(?:<\|object_ref_start\|>(?P<label>.*?)<\|object_ref_end\|>\s*)?(?:<\|box_start\|>)?"
+    + rf"\(\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)\s*,?\s*\(\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)"
+)
 
 
 def _numbers(value: Any, n: int) -> tuple[float, ...] | None:
@@ -114,26 +143,31 @@ def _first_key(obj: dict, keys: Sequence[str]) -> Any:
     return next((obj[k] for k in keys if k in obj), None)
 
 
-def _cue_from_object(obj: dict) -> Cue | None:
-    box = _box(_first_key(obj, _BOX_KEYS))
-    point = _numbers(_first_key(obj, _POINT_KEYS), 2)
+def _cue_from_object(obj: dict) -> tuple[Cue | None, bool]:
+    """The object's cue (None without a readable box or point) and whether it named a box
+    or point that could not be read (wrong length, not numbers, NaN or infinite)."""
+    raw_box, raw_point = _first_key(obj, _BOX_KEYS), _first_key(obj, _POINT_KEYS)
+    box = _box(raw_box)
+    point = _numbers(raw_point, 2)
+    malformed = (raw_box is not None and box is None) or (raw_point is not None and point is None)
     if box is None and point is None:
-        return None
+        return None, malformed
     label = obj.get("label")
-    return Cue(box, point, label if isinstance(label, str) else None)
+    return Cue(box, point, label if isinstance(label, str) else None), malformed
 
 
-def _cues_from_json(value: Any) -> list[Cue]:
-    """Cues from a decoded answer: an object, a list of objects, or one bare box list."""
+def _cues_from_json(value: Any) -> tuple[list[Cue], bool]:
+    """Cues from a decoded answer (an object, a list of objects, or one bare box list), and
+    whether some object named a box or point that could not be read."""
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
-        return []
+        return [], False
     bare_box = _box(value)
     if bare_box is not None:
-        return [Cue(bare_box, None, None)]
-    cues = (_cue_from_object(item) for item in value if isinstance(item, dict))
-    return [cue for cue in cues if cue is not None]
+        return [Cue(bare_box, None, None)], False
+    read = [_cue_from_object(item) for item in value if isinstance(item, dict)]
+    return [cue for cue, _ in read if cue is not None], any(bad for _, bad in read)
 
 
 def _decode_json_values(body: str) -> tuple[list[Any], str]:
@@ -175,6 +209,17 @@ def _salvage_cues(body: str) -> list[Cue]:
     return cues
 
 
+def _tuple_cues(text: str) -> list[Cue]:
+    """Qwen2-VL's ``(x1,y1),(x2,y2)`` boxes (0-1000 normalised frame), in answer order."""
+    cues = []
+    for match in _TUPLE_BOX.finditer(text):
+        box = _box([float(g) for g in match.groups()[1:]])
+        if box is not None:
+            label = match.group("label")
+            cues.append(Cue(box, None, label.strip() if label else None, norm1000=True))
+    return cues
+
+
 def _looks_like_json(body: str, fenced: bool) -> bool:
     return (
         fenced
@@ -187,22 +232,31 @@ def _looks_like_json(body: str, fenced: bool) -> bool:
 def parse_answer(text: str) -> ParsedAnswer:
     """Read the grounding cues of one MLLM answer (coordinates stay in the input frame).
 
-    Status: OK when some cue has a box; NO_GROUNDING when JSON decoded but holds no box, or
-    for prose with no JSON; UNPARSABLE for an empty answer, or JSON-like text (a fence, a
-    ``{``, a leading ``[``, a cue key) that neither decodes nor yields a box.
+    Status: OK when some cue has a box or a point; UNPARSABLE for an empty answer, an
+    object whose box or point cannot be read (NaN, infinite, not four numbers), or JSON-like
+    text (a fence, a ``{``, a leading ``[``, a cue key) that neither decodes nor yields a
+    cue; NO_GROUNDING when JSON decoded but names no object, or for prose with no JSON and
+    no Qwen2-VL box.
     """
     if not text.strip():
         return ParsedAnswer(PriorStatus.UNPARSABLE, ())
     fence = _FENCE.search(text)
     body = fence.group(1) if fence else text
     values, rest = _decode_json_values(body)
-    cues = [cue for value in values for cue in _cues_from_json(value)] + _salvage_cues(rest)
-    if any(cue.box_input is not None for cue in cues):
+    cues, malformed = [], False
+    for value in values:
+        found, bad = _cues_from_json(value)
+        cues += found
+        malformed |= bad
+    cues += _salvage_cues(rest)
+    if not cues:
+        cues = _tuple_cues(text)
+    if cues:
         status = PriorStatus.OK
-    elif values or not _looks_like_json(body, fence is not None):
-        status = PriorStatus.NO_GROUNDING
-    else:
+    elif malformed or (not values and _looks_like_json(body, fence is not None)):
         status = PriorStatus.UNPARSABLE
+    else:
+        status = PriorStatus.NO_GROUNDING
     return ParsedAnswer(status, tuple(cues))
 
 
@@ -252,22 +306,41 @@ def point_to_original(
     return x, y
 
 
+def _point_inside(point_input: PointXY, input_hw: Sequence[int]) -> bool:
+    h_in, w_in = _check_hw(input_hw, "input_hw")
+    x, y = point_input
+    return 0 <= x <= w_in and 0 <= y <= h_in
+
+
 def ground_answer(
     text: str, input_hw: Sequence[int], original_hw: Sequence[int]
 ) -> GroundingResult:
-    """Parse one answer and pick the pair's grounding: the first cue whose box survives the
-    conversion to original pixels (INVALID_BOX when boxes were given but none did)."""
+    """Parse one answer and pick the pair's grounding.
+
+    The rule: the first cue, in answer order, whose box has area inside the image after the
+    conversion to original pixels (with that cue's point, if any); failing that, the first
+    point-only cue whose point lies inside the image (a point prompt without a box). Boxes
+    given but none usable, or only points outside the image: INVALID_BOX.
+    """
     parsed = parse_answer(text)
     status, box, point, label = parsed.status, None, None, None
     if parsed.status is PriorStatus.OK:
         status = PriorStatus.INVALID_BOX
         for cue in parsed.cues:
-            box = input_to_original(cue.box_input, input_hw, original_hw) if cue.box_input else None
+            frame = cue.frame_hw(input_hw)
+            box = input_to_original(cue.box_input, frame, original_hw) if cue.box_input else None
             if box is not None:
                 status, label = PriorStatus.OK, cue.label
                 if cue.point_input is not None:
-                    point = point_to_original(cue.point_input, input_hw, original_hw)
+                    point = point_to_original(cue.point_input, frame, original_hw)
                 break
+        else:
+            for cue in parsed.cues:
+                frame = cue.frame_hw(input_hw)
+                if cue.box_input is None and _point_inside(cue.point_input, frame):
+                    status, label = PriorStatus.OK, cue.label
+                    point = point_to_original(cue.point_input, frame, original_hw)
+                    break
     return GroundingResult(
         status=status,
         box_original=box,

@@ -23,6 +23,33 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+# Qwen2-VL's processor refuses images whose long side exceeds 200 times the short side
+# (``smart_resize``); one such image would fail its whole batch.
+MAX_ASPECT = 200
+
+
+def within_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """``image``, or a copy with its short side stretched so that long / short <= max_aspect.
+
+    The answer's coordinates come back in the frame the processor resized to, and are mapped
+    to the original per axis (``image_grid_thw`` against the original size), so a stretch here
+    is undone by the same conversion.
+    """
+    w, h = image.size
+    if max(w, h) <= max_aspect * min(w, h):
+        return image
+    if w > h:
+        return image.resize((w, -(-w // max_aspect)))
+    return image.resize((-(-h // max_aspect), h))
+
+
+def processor_pixel_budget(processor: Any) -> dict[str, int]:
+    """``{"min_pixels", "max_pixels"}``: the pixel budget of the processor's resize."""
+    size = processor.image_processor.size
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key)
+    return {"min_pixels": int(get("shortest_edge")), "max_pixels": int(get("longest_edge"))}
+
+
 def input_frame_sizes(image_grid_thw: torch.Tensor, patch_size: int) -> list[tuple[int, int]]:
     """(height, width) in pixels of each image as the processor resized it for the model.
 
@@ -41,6 +68,11 @@ class QwenGrounder:
         self.model = model
         self.processor = processor
         self.cfg = cfg
+
+    @property
+    def pixel_budget(self) -> dict[str, int]:
+        """The resize budget the processor actually applies (config or model folder)."""
+        return processor_pixel_budget(self.processor)
 
     def chat_text(self, expression: str) -> str:
         """The templated prompt of one pair (the image stands as its placeholder tokens)."""
@@ -81,7 +113,8 @@ class QwenGrounder:
     ) -> list[GroundingResult]:
         import torch
 
-        images = [image.convert("RGB") for image in images]
+        originals = images
+        images = [within_aspect(image.convert("RGB")) for image in images]
         inputs = self.processor(
             text=[self.chat_text(e) for e in expressions],
             images=images,
@@ -106,7 +139,7 @@ class QwenGrounder:
         )
         return [
             ground_answer(answer, input_hw, (image.height, image.width))
-            for answer, input_hw, image in zip(answers, input_hws, images, strict=True)
+            for answer, input_hw, image in zip(answers, input_hws, originals, strict=True)
         ]
 
 
@@ -142,9 +175,16 @@ def build_grounder(cfg: MLLMConfig) -> QwenGrounder:
         raise RuntimeError(
             f"{path}: weights do not match Qwen2_5_VLForConditionalGeneration: {bad}"
         )
-    pixel_budget = {
-        k: v for k, v in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)) if v
-    }
-    processor = AutoProcessor.from_pretrained(path, **pixel_budget)
+    processor = AutoProcessor.from_pretrained(path)
+    if cfg.min_pixels or cfg.max_pixels:
+        # The image processor's ``size`` (shortest_edge / longest_edge are pixel counts for
+        # Qwen2-VL's processors), not its deprecated min_pixels / max_pixels; a bound left
+        # null keeps the model folder's.
+        budget = processor_pixel_budget(processor)
+        size = {
+            "shortest_edge": cfg.min_pixels or budget["min_pixels"],
+            "longest_edge": cfg.max_pixels or budget["max_pixels"],
+        }
+        processor = AutoProcessor.from_pretrained(path, size=size)
     processor.tokenizer.padding_side = "left"
     return QwenGrounder(model.to(device).eval(), processor, cfg)

@@ -122,14 +122,16 @@ class SAM2Prior:
     def predict(
         self, boxes_original: np.ndarray, points_original: np.ndarray | None = None
     ) -> SoftMasks:
-        """Soft masks of n prompts on the current image, one batched SAM2 call.
+        """Soft masks of n prompts on the current image, one batched SAM2 call per kind of
+        prompt (box, box and point, point alone).
 
-        Points prompt SAM2 only when ``cfg.use_points`` is set (then they are required;
-        NaN rows mean "no point"); otherwise they are ignored, so callers pass what the
-        grounding gave and the config decides.
+        A row whose box is NaN (a point-only grounding) is prompted with its point alone,
+        whatever ``cfg.use_points`` says: it must have a finite point. Otherwise points
+        prompt SAM2 only when ``cfg.use_points`` is set (NaN rows mean "no point"); without
+        it they are ignored, so callers pass what the grounding gave and the config decides.
 
         Shapes:
-            boxes_original: (n, 4) XYXY original pixels, n >= 1.
+            boxes_original: (n, 4) XYXY original pixels (NaN rows: no box), n >= 1.
             points_original: (n, 2) XY original pixels, or None.
         Returns:
             SoftMasks, prob (n, size, size) in the square-stretched frame.
@@ -141,26 +143,39 @@ class SAM2Prior:
         boxes = np.asarray(boxes_original, dtype=np.float32)
         if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
             raise ValueError(f"predict: expected boxes of shape (n, 4), n >= 1, got {boxes.shape}")
-        has_point = np.zeros(len(boxes), bool)
-        if self.cfg.use_points:
-            if points_original is None:
-                raise ValueError("predict: priors.sam2.use_points is on but no points were given")
+        has_box = np.isfinite(boxes).all(axis=1)
+        if self.cfg.use_points and points_original is None:
+            raise ValueError("predict: priors.sam2.use_points is on but no points were given")
+        if points_original is None and not has_box.all():
+            raise ValueError("predict: rows without a box need a point, but no points were given")
+        points = np.full((len(boxes), 2), np.nan, np.float32)
+        if points_original is not None:
             points = np.asarray(points_original, dtype=np.float32)
             if points.shape != (len(boxes), 2):
                 raise ValueError(
                     f"predict: expected points of shape ({len(boxes)}, 2), got {points.shape}"
                 )
-            has_point = np.isfinite(points).all(axis=1)
-        # Prompts with and without a point go to SAM2 in separate calls: in one batch, a
-        # pointless row would carry a padding point, which shifts its mask (by up to 0.02)
-        # from the box-only prompt it is.
+        finite_point = np.isfinite(points).all(axis=1)
+        if not (has_box | finite_point).all():
+            row = int(np.argmax(~(has_box | finite_point)))
+            raise ValueError(f"predict: row {row} has neither a finite box nor a finite point")
+        has_point = finite_point & (~has_box | self.cfg.use_points)
+        # Each kind of prompt goes to SAM2 in its own call: in one batch, a pointless row
+        # would carry a padding point, which shifts its mask (by up to 0.02) from the
+        # box-only prompt it is.
         logits = torch.empty(0)
         scores = torch.empty(0)
-        for rows in (np.flatnonzero(~has_point), np.flatnonzero(has_point)):
+        for rows in (
+            np.flatnonzero(has_box & ~has_point),
+            np.flatnonzero(has_box & has_point),
+            np.flatnonzero(~has_box),
+        ):
             if len(rows) == 0:
                 continue
             coords, labels = point_prompts(points[rows]) if has_point[rows[0]] else (None, None)
-            group_logits, group_scores = self._prompt(boxes[rows], coords, labels)
+            group_logits, group_scores = self._prompt(
+                boxes[rows] if has_box[rows[0]] else None, coords, labels, len(rows)
+            )
             if logits.numel() == 0:
                 logits = group_logits.new_empty(len(boxes), *group_logits.shape[1:])
                 scores = group_scores.new_empty(len(boxes), *group_scores.shape[1:])
@@ -168,9 +183,15 @@ class SAM2Prior:
         return logits_to_prob(best_mask_logits(logits, scores), self.size)
 
     def _prompt(
-        self, boxes: np.ndarray, coords: np.ndarray | None, labels: np.ndarray | None
+        self,
+        boxes: np.ndarray | None,
+        coords: np.ndarray | None,
+        labels: np.ndarray | None,
+        n: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batched SAM2 decoder call. Returns: logits (n, C, h, w), scores (n, C)."""
+        """One batched SAM2 decoder call for n prompts (boxes, points or both).
+
+        Returns: logits (n, C, h, w), scores (n, C)."""
         import torch
 
         with torch.inference_mode(), self._autocast():
@@ -182,8 +203,8 @@ class SAM2Prior:
                 return_logits=True,
             )
         # The predictor squeezes a batch of one away; restore (n, C, h, w) / (n, C).
-        logits = torch.from_numpy(logits).reshape(len(boxes), -1, *logits.shape[-2:])
-        return logits, torch.from_numpy(scores).reshape(len(boxes), -1)
+        logits = torch.from_numpy(logits).reshape(n, -1, *logits.shape[-2:])
+        return logits, torch.from_numpy(scores).reshape(n, -1)
 
 
 def build_sam2_prior(

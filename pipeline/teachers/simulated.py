@@ -21,6 +21,7 @@ IoU (hallucinations and misses near 0, most pairs high): ``l2l-priors report`` m
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 
 from pipeline.config import SimulatedTeacherConfig
 from pipeline.contract import NO_BOX, NO_POINT, PriorStatus, TeacherOutput, resize_prob
-from pipeline.datasets.manifest import decode_mask
+from pipeline.datasets.manifest import decode_mask, load_rgb
+
+log = logging.getLogger(__name__)
 
 
 def pair_rng(seed: int, sample_id: str) -> np.random.Generator:
@@ -185,10 +188,22 @@ class SimulatedTeacher:
 
     def predict(self, pairs: list[dict], image_root: Path | None = None) -> list[TeacherOutput]:
         """Priors for manifest rows (dicts with sample_id, image_id, ann_id, expr_kind);
-        pairs of one image should be adjacent so its masks are decoded once. The images
-        themselves are not read: the simulation works from the scene table."""
+        pairs of one image should be adjacent so its masks are decoded once. The simulation
+        works from the scene table; with ``image_root`` each image is still decoded once, and
+        the pairs of one that cannot be read get ``UNREADABLE_IMAGE``, as the real teacher's
+        do (a readable image's pixels change nothing)."""
         results, cached_id, scene = [], None, None
+        readable: dict[str, bool] = {}
         for pair in pairs:
+            path = pair.get("image_path")
+            if image_root is not None and path is not None:
+                if path not in readable:
+                    readable[path] = _readable(Path(image_root) / path)
+                if not readable[path]:
+                    results.append(
+                        TeacherOutput(None, NO_BOX, NO_POINT, PriorStatus.UNREADABLE_IMAGE)
+                    )
+                    continue
             if pair["image_id"] != cached_id:
                 cached_id, scene = pair["image_id"], self.scene(pair["image_id"])
             rng = pair_rng(self.cfg.seed, pair["sample_id"])
@@ -196,3 +211,12 @@ class SimulatedTeacher:
                 simulate_prior(pair["ann_id"], pair["expr_kind"], *scene, rng, self.size)
             )
         return results
+
+
+def _readable(path: Path) -> bool:
+    try:
+        load_rgb(path)
+    except OSError as err:
+        log.warning("unreadable_image for every pair of %s: %s", path.name, err)
+        return False
+    return True

@@ -86,15 +86,13 @@ FENCED = (
         # Prose without JSON: the model found nothing.
         ("There is no such object in the image.", PriorStatus.NO_GROUNDING, []),
         ("I see [no] dog here.", PriorStatus.NO_GROUNDING, []),
-        # Decoded JSON without a box.
+        # Decoded JSON naming no object.
         ("```json\n[]\n```", PriorStatus.NO_GROUNDING, []),
-        (
-            '[{"point_2d": [3, 4], "label": "p"}]',
-            PriorStatus.NO_GROUNDING,
-            [Cue(None, (3, 4), "p")],
-        ),
-        ('[{"bbox_2d": [1, 2, 3], "label": "short"}]', PriorStatus.NO_GROUNDING, []),
-        ('[{"bbox_2d": [1, 2, true, 4]}]', PriorStatus.NO_GROUNDING, []),
+        # A point without a box is a point-only cue.
+        ('[{"point_2d": [3, 4], "label": "p"}]', PriorStatus.OK, [Cue(None, (3, 4), "p")]),
+        # A box that is not four finite numbers cannot be read.
+        ('[{"bbox_2d": [1, 2, 3], "label": "short"}]', PriorStatus.UNPARSABLE, []),
+        ('[{"bbox_2d": [1, 2, true, 4]}]', PriorStatus.UNPARSABLE, []),
     ],
 )
 def test_parse_answer(answer, status, cues):
