@@ -106,7 +106,10 @@ def test_a_kill_mid_checkpoint_write_keeps_the_previous_one_and_leaks_no_temp(
             f"t({str(params)!r}, {stall_at})"
         )
         log = tmp_path / f"log{stall_at}.txt"
-        proc = start([sys.executable, "-c", script], log)
+        # The parent's thread count: kernels round differently with another one, and the
+        # resumed half runs in this process.
+        threads = str(torch.get_num_threads())
+        proc = start([sys.executable, "-c", script], log, OMP_NUM_THREADS=threads)
         deadline = time.monotonic() + 300
         while not (models / STALLED).exists() and proc.poll() is None:
             assert time.monotonic() < deadline, tail(log)
