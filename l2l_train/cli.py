@@ -114,7 +114,7 @@ def run(
             raise fail(err, 2) from None
         except CheckpointWriteError as err:  # full disk: the previous checkpoint is intact
             raise fail(err) from None
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError) as err:  # a missing or unreadable file, bad data
             raise fail(err) from None
     if not _is_main_rank():
         return
@@ -164,7 +164,7 @@ def evaluate(
         raise fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
     try:
         result = run_eval(cfg, checkpoint, tuple(split or cfg.eval.splits), prior)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # a missing or unreadable file, bad data
         raise fail(err) from None
     out = out or Path(cfg.paths.metrics) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def figures(
     cfg = _load(params)
     try:
         written = render_figures(cfg, out)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # a missing or unreadable file, bad data
         raise fail(err) from None
     for path in written:
         console.print(f"wrote {path}")
@@ -218,9 +218,9 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Segment the object an expression refers to in one image (no teacher prior)."""
-    from l2l_train.evaluate import resolve_device
     from l2l_train.predict import Predictor, mask_image
     from l2l_train.predict import overlay as overlay_image
+    from l2l_train.runtime import resolve_device
     from pipeline.datasets.manifest import load_rgb
 
     setup_logging(logging.WARNING)

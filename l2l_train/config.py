@@ -157,7 +157,7 @@ class AgentConfig:
     # Width in ORIGINAL-image pixels (0 = none) of the ignored band centred on the foreground
     # boundary. Each sample's width in the S x S training frame is this times S / max(H, W)
     # of its original, rounded to the nearest odd integer, 0 below half a pixel
-    # (l2l_train.rple.band_in_input_frame); hence no odd requirement here.
+    # (l2l_train.targets.band_in_input_frame); hence no odd requirement here.
     ignore_band: float = bounded(3.0, 0.0)
     seed: int = 0  # the agent's own generator: exploration noise and replay sampling
 

@@ -4,6 +4,7 @@ accumulator combines the ranks, and a checkpoint carries a rank's unfinished epo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,3 +93,21 @@ class EpochStats:
     def load_state(self, tensors: list[Tensor]) -> None:
         for accumulator, saved in zip(self._accumulators(), tensors, strict=True):
             accumulator.sums.copy_(saved)
+
+
+def open_epoch_log(metrics_dir: Path, resume: bool) -> Any:
+    """The dvclive logger of a run's per-epoch metrics and plots (rank 0 only), under
+    ``metrics_dir``; a resumed run appends to its history."""
+    from dvclive import Live
+
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    return Live(str(metrics_dir), resume=resume, dvcyaml=False, save_dvc_exp=False)
+
+
+def log_epoch(live: Any, epoch: int, metrics: dict[str, float]) -> None:
+    """One epoch's metrics as dvclive step ``epoch``."""
+    live.step = epoch
+    for name, value in metrics.items():
+        if name != "epoch":
+            live.log_metric(name, value)
+    live.next_step()

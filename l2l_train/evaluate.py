@@ -26,23 +26,10 @@ from l2l_train.data import EvalPairs, eval_loader
 from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
 from l2l_train.pairs import normalize_images, open_teacher_store, pair_source
+from l2l_train.runtime import autocast, resolve_device
 from pipeline.schema import build_section
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(kind: Literal["auto", "cpu", "cuda"], local_rank: int = 0) -> torch.device:
-    """``cuda:local_rank`` for cuda (auto: when CUDA is available), else the CPU."""
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch finds no CUDA device")
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, amp: bool) -> torch.autocast:
-    """bf16 autocast where ``amp`` is on and the device is a GPU; a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

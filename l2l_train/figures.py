@@ -34,11 +34,11 @@ from torch import Tensor
 from l2l_train.checkpoint import load_checkpoint
 from l2l_train.config import TrainerParams
 from l2l_train.data import EvalPairs, UnlabeledPairs, collate_eval, split_eval_only, train_loader
-from l2l_train.evaluate import model_from_checkpoint, resolve_device
+from l2l_train.evaluate import model_from_checkpoint
 from l2l_train.losses import IGNORE_INDEX
 from l2l_train.metrics import binarize, intersection_union, pair_iou
 from l2l_train.pairs import normalize_images, open_teacher_store, pair_source, resize_mask
-from l2l_train.runtime import to_device
+from l2l_train.runtime import resolve_device, to_device
 from l2l_train.spm import certainty
 from l2l_train.step import Student
 

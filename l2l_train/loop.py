@@ -50,7 +50,7 @@ from l2l_train.data import (
     split_eval_only,
     train_loader,
 )
-from l2l_train.epoch_stats import EpochStats
+from l2l_train.epoch_stats import EpochStats, log_epoch, open_epoch_log
 from l2l_train.evaluate import evaluate
 from l2l_train.model import build_segmentor, build_tokenizer
 from l2l_train.pairs import open_teacher_store, pair_source
@@ -274,7 +274,9 @@ class Run:
 
     def run(self, on_step: Callable[[StepInfo], None] | None = None) -> TrainSummary:
         cfg, rt, progress = self.cfg, self.rt, self.progress
-        live = self._live()
+        live = (
+            open_epoch_log(self.metrics_dir, self.resumed_from is not None) if rt.is_main else None
+        )
         batch = cfg.batch_size_x + (cfg.batch_size_u if self.plan.unlabeled else 0)
         samples_per_step = batch * rt.world
         loader_x, loader_u = self.loaders()
@@ -360,11 +362,7 @@ class Run:
         if not self.rt.is_main:
             return
         if live is not None:
-            live.step = epoch
-            for name, value in metrics.items():
-                if name != "epoch":
-                    live.log_metric(name, value)
-            live.next_step()
+            log_epoch(live, epoch, metrics)
         if improved:
             best = {"step": progress.step, **metrics}
             (self.metrics_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
@@ -377,21 +375,6 @@ class Run:
             progress.best_oiou,
             progress.best_epoch,
             steps_per_s,
-        )
-
-    def _live(self) -> Any:
-        """dvclive logger on rank 0 (per-epoch metrics and plots under paths.metrics/train);
-        resumed runs append to its history."""
-        if not self.rt.is_main:
-            return None
-        from dvclive import Live
-
-        self.metrics_dir.mkdir(parents=True, exist_ok=True)
-        return Live(
-            str(self.metrics_dir),
-            resume=self.resumed_from is not None,
-            dvcyaml=False,
-            save_dvc_exp=False,
         )
 
 

@@ -10,14 +10,27 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from l2l_train.config import TrainConfig
-from l2l_train.evaluate import resolve_device
+
+
+def resolve_device(kind: Literal["auto", "cpu", "cuda"], local_rank: int = 0) -> torch.device:
+    """``cuda:local_rank`` for cuda (auto: when CUDA is available), else the CPU."""
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch finds no CUDA device")
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, amp: bool) -> torch.autocast:
+    """bf16 autocast where ``amp`` is on and the device is a GPU; a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
 @dataclass(frozen=True)

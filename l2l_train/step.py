@@ -34,12 +34,11 @@ from torch.nn.parallel import DistributedDataParallel
 from l2l_train.config import TrainConfig
 from l2l_train.data import EVAL_ONLY_FIELDS, derive_seed
 from l2l_train.eda import Synonyms, load_synonyms, strong_expressions
-from l2l_train.evaluate import autocast
 from l2l_train.losses import supervised_loss, total_loss, unsupervised_loss
 from l2l_train.model import Segmentor, TextTokenizer
 from l2l_train.pairs import normalize_images
 from l2l_train.rple import PseudoLabelAgent, compute_reward, rple_state
-from l2l_train.runtime import Runtime, gather_rows, own_rows
+from l2l_train.runtime import Runtime, autocast, gather_rows, own_rows
 from l2l_train.spm import agreement
 from l2l_train.targets import (
     TARGET_STRATEGIES,

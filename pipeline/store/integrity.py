@@ -36,13 +36,6 @@ class VerifyReport:
         ]
         return "\n".join(lines)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows_checked": self.rows_checked,
-            "bad_rows": self.bad_rows,
-            "bad_parts": self.bad_parts,
-        }
-
 
 def check_shapes(arrays: Mapping[str, Any], size: int, min_rows: int) -> None:
     prob = arrays["prob"]

@@ -1,7 +1,9 @@
 """Teachers: what turns image–expression pairs into soft prior masks.
 
 A teacher has ``predict(pairs, image_root) -> list[TeacherOutput]`` (one output per pair, in
-order; pairs of one image are adjacent) and is built by :func:`build_teacher`:
+order; pairs of one image are adjacent) and, optionally, a ``runtime_info`` dict of what a run
+used beyond the config (the MLLM's pixel budget), which ``generate`` keeps in the part's
+attributes. It is built by :func:`build_teacher`:
 
 - ``simulated.py``: the embedded teacher, simulated from the synthetic scene's truth;
 - ``qwen_sam2.py``: Qwen2.5-VL grounds (``qwen.py``, its answers read by ``parse.py``), SAM2
