@@ -1,8 +1,10 @@
 """The sharded, resumable prior store (DESIGN.md section 3, "Prior store").
 
-Modules: ``layout`` (file names, index files, part metadata), ``writer`` (:class:`PriorWriter`,
-one per part), ``reader`` (:class:`PriorStore`, read-only over every part) and ``integrity``
-(what :meth:`PriorStore.verify` checks). The statuses and keys are in :mod:`pipeline.contract`.
+Modules: ``layout`` (file names, index files, part metadata), ``rows`` (:class:`PriorRows`,
+the batches a teacher writes, their checks, and the part's arrays), ``lock`` (the per-part
+``flock`` that keeps a second writer out), ``writer`` (:class:`PriorWriter`, one per part),
+``reader`` (:class:`PriorStore`, read-only over every part) and ``integrity`` (what
+:meth:`PriorStore.verify` checks). The statuses and keys are in :mod:`pipeline.contract`.
 
 Layout under a store folder (``data/priors/``), one part per writer process::
 

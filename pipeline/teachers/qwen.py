@@ -50,6 +50,41 @@ def processor_pixel_budget(processor: Any) -> dict[str, int]:
     return {"min_pixels": int(get("shortest_edge")), "max_pixels": int(get("longest_edge"))}
 
 
+def set_pixel_budget(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Make the processor resize to ``[min_pixels, max_pixels]``; a bound left None keeps the
+    model folder's. Raises RuntimeError if the processor does not then apply that budget.
+
+    Set on the loaded processor, not passed as ``from_pretrained(path, size=...)``: there
+    (transformers 5.x) ``from_dict`` merges ``size`` into the folder's preprocessor_config,
+    and ``Qwen2VLImageProcessor.__init__`` then pops that config's top-level ``min_pixels`` /
+    ``max_pixels`` and writes them over ``size``. The official Qwen2.5-VL folders carry
+    exactly those (3136 / 12845056) and no ``size``, so the folder's budget silently won.
+    """
+    image_processor = processor.image_processor
+    folder = processor_pixel_budget(processor)
+    wanted = {
+        "min_pixels": min_pixels or folder["min_pixels"],
+        "max_pixels": max_pixels or folder["max_pixels"],
+    }
+    # ``size`` (shortest_edge / longest_edge are pixel counts for Qwen2-VL's processors) is
+    # what the resize reads; older versions also kept min_pixels / max_pixels attributes.
+    image_processor.size = {
+        "shortest_edge": wanted["min_pixels"],
+        "longest_edge": wanted["max_pixels"],
+    }
+    for name in ("min_pixels", "max_pixels"):
+        if name in vars(image_processor):
+            setattr(image_processor, name, wanted[name])
+    actual = processor_pixel_budget(processor)
+    legacy = {k: vars(image_processor)[k] for k in wanted if k in vars(image_processor)}
+    if actual != wanted or any(legacy[k] != wanted[k] for k in legacy):
+        raise RuntimeError(
+            f"{type(image_processor).__name__} resizes to {actual | legacy} after setting the "
+            f"pixel budget {wanted} (priors.mllm.min_pixels / max_pixels); this transformers "
+            "version keeps its budget elsewhere"
+        )
+
+
 def input_frame_sizes(image_grid_thw: torch.Tensor, patch_size: int) -> list[tuple[int, int]]:
     """(height, width) in pixels of each image as the processor resized it for the model.
 
@@ -177,14 +212,6 @@ def build_grounder(cfg: MLLMConfig) -> QwenGrounder:
         )
     processor = AutoProcessor.from_pretrained(path)
     if cfg.min_pixels or cfg.max_pixels:
-        # The image processor's ``size`` (shortest_edge / longest_edge are pixel counts for
-        # Qwen2-VL's processors), not its deprecated min_pixels / max_pixels; a bound left
-        # null keeps the model folder's.
-        budget = processor_pixel_budget(processor)
-        size = {
-            "shortest_edge": cfg.min_pixels or budget["min_pixels"],
-            "longest_edge": cfg.max_pixels or budget["max_pixels"],
-        }
-        processor = AutoProcessor.from_pretrained(path, size=size)
+        set_pixel_budget(processor, cfg.min_pixels, cfg.max_pixels)
     processor.tokenizer.padding_side = "left"
     return QwenGrounder(model.to(device).eval(), processor, cfg)

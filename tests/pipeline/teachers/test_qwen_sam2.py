@@ -6,15 +6,24 @@ embedding per image, shapes, ranges and flags.
 """
 
 import dataclasses
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import make_tiny_qwen, tiny_qwen_config, tiny_sam2_config, tiny_sam2_prior
+from tiny_models import (
+    TINY_QWEN_MAX_PIXELS,
+    TINY_QWEN_MIN_PIXELS,
+    make_tiny_qwen,
+    tiny_qwen_config,
+    tiny_sam2_config,
+    tiny_sam2_prior,
+)
 
 from pipeline.contract import PriorStatus
-from pipeline.teachers.qwen import build_grounder, input_frame_sizes
+from pipeline.teachers.qwen import build_grounder, input_frame_sizes, processor_pixel_budget
 from pipeline.teachers.sam2 import (
     SAM2Prior,
     best_mask_logits,
@@ -106,6 +115,53 @@ def test_ground_converts_hand_written_answers_per_sample(tiny_qwen_dir, images, 
     # 64x128 seen as 56x140: x by 64/56 = 8/7, y by 128/140 = 32/35.
     assert results[1].box_original == pytest.approx((16, 32, 48, 96))
     assert results[2].status is PriorStatus.NO_GROUNDING
+
+
+def hub_style_qwen(tiny_qwen_dir, folder):
+    """A copy of the tiny folder whose image processor config is laid out like the official
+    Qwen2.5-VL's: a preprocessor_config.json with top-level min_pixels / max_pixels, no size."""
+    shutil.copytree(tiny_qwen_dir, folder)
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    image = processor_config.pop("image_processor")
+    del image["size"]
+    image |= {
+        "min_pixels": TINY_QWEN_MIN_PIXELS,
+        "max_pixels": TINY_QWEN_MAX_PIXELS,
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(image))
+    (folder / "processor_config.json").write_text(json.dumps(processor_config))
+    return folder
+
+
+def test_configured_pixel_budget_beats_a_hub_style_folders_min_max_pixels(tiny_qwen_dir, tmp_path):
+    from transformers import AutoProcessor
+
+    folder = hub_style_qwen(tiny_qwen_dir, tmp_path / "qwen")
+    theirs = {"min_pixels": TINY_QWEN_MIN_PIXELS, "max_pixels": TINY_QWEN_MAX_PIXELS}
+    assert processor_pixel_budget(AutoProcessor.from_pretrained(folder)) == theirs
+    ours = {"min_pixels": TINY_QWEN_MIN_PIXELS * 2, "max_pixels": TINY_QWEN_MAX_PIXELS * 4}
+    # The trap the fix avoids: size= at load is overwritten by the folder's min/max_pixels.
+    trapped = AutoProcessor.from_pretrained(
+        folder, size={"shortest_edge": ours["min_pixels"], "longest_edge": ours["max_pixels"]}
+    )
+    assert processor_pixel_budget(trapped) == theirs
+
+    grounder = build_grounder(tiny_qwen_config(folder, **ours))
+    size = grounder.processor.image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (ours["min_pixels"], ours["max_pixels"])
+    assert grounder.pixel_budget == ours
+    # And the resize applies it: 200 x 200 fits ours (196 x 196 after rounding to 28), while
+    # the folder's budget would shrink it to at most 12544 pixels.
+    inputs = grounder.processor.image_processor(_image((200, 200), 0), return_tensors="pt")
+    patch = grounder.processor.image_processor.patch_size
+    assert input_frame_sizes(inputs["image_grid_thw"], patch) == [(196, 196)]
+
+    only_max = build_grounder(tiny_qwen_config(folder, max_pixels=ours["max_pixels"]))
+    assert only_max.pixel_budget == {
+        "min_pixels": theirs["min_pixels"],
+        "max_pixels": ours["max_pixels"],
+    }
 
 
 def test_chat_text_holds_the_formatted_prompt(tiny_qwen_dir):
