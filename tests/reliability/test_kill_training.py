@@ -7,6 +7,7 @@ rerun, in the uninterrupted run's final checkpoint."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -237,3 +238,42 @@ def test_twenty_random_kills_then_resumes_equal_an_uninterrupted_run(
     landings = kill_and_resume(trainer_workspace, tmp_path, reference, kills=20, seed=2013)
     # Most kills land while it trains: the window spans training.
     assert sum("latest at step" in line for line in landings) >= 10
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL at a chosen moment of an in-process run."""
+
+
+@pytest.mark.slow
+def test_a_kill_between_the_end_of_epoch_writes_keeps_best_consistent(
+    trainer_workspace, tmp_path, straight
+):
+    """The end of the last epoch (a new best in this run) writes two checkpoints: a kill once
+    the first is whole and before the second starts must still rerun to a ``best.pt`` (and
+    ``best.json``) of the best epoch. (Written latest first, a finished latest named epoch 2
+    the best while best.pt stayed epoch 1's, and the rerun had nothing left to do.)"""
+    import l2l_train.loop as loop
+
+    reference, _ = straight
+    assert reference["progress"]["best_epoch"] == 2  # the last epoch writes best and latest
+    params = variant(trainer_workspace, tmp_path, train=TRAIN)
+    real_save, written = loop.save_checkpoint, []
+
+    def save(path, state):
+        if state["step"] == TOTAL_STEPS:
+            written.append(Path(path).name)
+            if len(written) == 2:
+                raise _Killed
+        real_save(path, state)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(_Killed):
+        patch.setattr(loop, "save_checkpoint", save)
+        run_training(load_trainer_params(params))
+    assert sorted(written) == ["best.pt", "latest.pt"]
+    run_training(load_trainer_params(params))
+    models = tmp_path / "models"
+    final = load_checkpoint(models / "latest.pt")
+    assert_same_run(final, reference)
+    assert_best_is_the_best_epoch(models, final)
+    best_json = json.loads((tmp_path / "metrics" / "train" / "best.json").read_text())
+    assert best_json["step"] == final["progress"]["best_epoch"] * STEPS_PER_EPOCH
