@@ -358,14 +358,18 @@ class Run:
         improved = metrics.get("val/oIoU", -math.inf) > progress.best_oiou
         if improved:
             progress.best_oiou, progress.best_epoch = metrics["val/oIoU"], epoch
-        self.save(["latest", "best"] if improved else ["latest"])
+            if self.rt.is_main:
+                best = {"step": progress.step, **metrics}
+                (self.metrics_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+        # best (and best.json) before latest: a kill between them resumes from the previous
+        # latest and redoes the epoch, rewriting the same best; the other way round, latest
+        # would record a best epoch whose best.pt was never written, and a kill after a
+        # finished run's latest would leave best's temp file behind for good.
+        self.save(["best", "latest"] if improved else ["latest"])
         if not self.rt.is_main:
             return
         if live is not None:
             log_epoch(live, epoch, metrics)
-        if improved:
-            best = {"step": progress.step, **metrics}
-            (self.metrics_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
         log.info(
             "epoch %d/%d: loss %.4f val oIoU %s (best %.4f at epoch %d), %.2f steps/s",
             epoch,

@@ -134,12 +134,14 @@ def tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
-def kill_after(argv: list[str], delay: float, log: Path, anchor: Path | None = None) -> bool:
-    """Start ``argv`` and SIGKILL its group ``delay`` seconds later, counted from when
-    ``anchor`` appears if given (so a slow start on a loaded machine does not shift where
-    the kill lands); True if it was still running then (False: it had finished, and must
-    have succeeded)."""
-    proc = start(argv, log)
+def kill_after(
+    argv: list[str], delay: float, log: Path, anchor: Path | None = None, **env: str
+) -> bool:
+    """Start ``argv`` (environment ``env`` added) and SIGKILL its group ``delay`` seconds
+    later, counted from when ``anchor`` appears if given (so a slow start on a loaded
+    machine does not shift where the kill lands); True if it was still running then
+    (False: it had finished, and must have succeeded)."""
+    proc = start(argv, log, **env)
     try:
         if anchor is not None:
             while not anchor.exists() and proc.poll() is None:
