@@ -1,11 +1,13 @@
 """Shared fixtures and the test tiers.
 
-Tests mirror the packages: ``tests/pipeline`` (the offline stages, the store, the teachers,
-the datasets), ``tests/l2l_train`` (the trainer), ``tests/benchmarks`` (smoke runs of the
-benchmark scripts), ``tests/reliability`` (faults injected into whole runs: SIGKILL, two
-writers, torchrun workers, full or read-only disks), and at the top the checks of ``dvc.yaml`` against the code. Helpers shared
-by several files live beside this one (``trainer_workspace.py``, ``tiny_models.py``, ...;
-``pyproject.toml`` puts this folder on ``sys.path``).
+Tests mirror the packages: ``tests/test_pipeline`` (the offline stages, the store, the
+teachers, the datasets), ``tests/test_l2l_train`` (the trainer), ``tests/benchmarks`` (smoke
+runs of the benchmark scripts), ``tests/reliability`` (faults injected into whole runs:
+SIGKILL, two writers, torchrun workers, full or read-only disks), and at the top the checks
+of ``dvc.yaml`` against the code. Helpers shared by several files live beside this one (``trainer_workspace.py``, ``tiny_models.py``, ...;
+``pyproject.toml`` puts this folder on ``sys.path``, which is why the mirrored folders are
+named ``test_pipeline`` and ``test_l2l_train``: a folder named ``pipeline`` here would shadow
+the package as a namespace package).
 
 Tiers: ``slow`` tests take more than a few seconds and still run in CI; ``gpu`` tests
 (``tests/gpu``) need CUDA and are skipped without it: run them with ``pytest -m gpu`` on a
