@@ -27,6 +27,7 @@ from bad_inputs import (
     make_bad_refer_release,
     write_readable,
 )
+from fault_injection import build_generate_workspace
 
 from pipeline.config import load_pipeline_config
 from pipeline.contract import PriorStatus, teacher_hash
@@ -130,25 +131,7 @@ def test_prepare_keeps_readable_images_and_counts_skips_with_reasons(tmp_path):
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     """A prepared and split small synthetic dataset (params.yaml in the returned folder)."""
-    root = tmp_path_factory.mktemp("synthetic")
-    params = {
-        "data": {
-            "synthetic": {
-                "train_images": 16,
-                "val_images": 2,
-                "test_images": 2,
-                "dir": str(root / "synthetic"),
-            }
-        },
-        "split": {"labeled_ratio": 0.25},
-        "priors": {"store": {"shard_rows": 8}, "splits": ["unlabeled"]},
-        "paths": {n: str(root / n) for n in ("prepared", "manifests", "priors")},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    for command in ("prepare", "split"):
-        result = cli("pipeline.cli", command, "--params", str(root / "params.yaml"))
-        assert result.returncode == 0, result.stderr
-    return root
+    return build_generate_workspace(tmp_path_factory.mktemp("synthetic"), train_images=16).parent
 
 
 def stored_by_sample(cfg) -> dict[str, tuple[int, np.ndarray]]:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from fault_injection import build_generate_workspace
 
 from pipeline.config import load_pipeline_config
 from pipeline.contract import NO_BOX, NO_POINT, PriorStatus, TeacherOutput, teacher_hash
@@ -42,24 +43,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("priors")
-    params = {
-        "data": {
-            "synthetic": {
-                "train_images": 12,
-                "val_images": 2,
-                "test_images": 2,
-                "dir": str(root / "synthetic"),
-            }
-        },
-        "split": {"labeled_ratio": 0.25},
-        "priors": {"store": {"shard_rows": 8}, "splits": ["unlabeled"]},
-        "paths": {n: str(root / n) for n in ("prepared", "manifests", "priors")},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    for command in ("prepare", "split"):
-        assert cli(command, "--params", str(root / "params.yaml")).returncode == 0
-    return root
+    """A prepared and split small synthetic dataset (params.yaml in the returned folder)."""
+    return build_generate_workspace(tmp_path_factory.mktemp("priors"), train_images=12).parent
 
 
 def config(dataset: Path, priors: Path):
