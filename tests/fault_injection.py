@@ -38,6 +38,18 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m module args...`` from the checkout's root, run to the end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+    )
+
+
 def priors_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", *args]
 

@@ -8,10 +8,7 @@ reason, stored as ``unreadable_image`` by generate, and named with their sample 
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +24,7 @@ from bad_inputs import (
     make_bad_refer_release,
     write_readable,
 )
-from fault_injection import build_generate_workspace
+from fault_injection import build_generate_workspace, run_cli
 
 from pipeline.config import load_pipeline_config
 from pipeline.contract import PriorStatus, teacher_hash
@@ -35,17 +32,6 @@ from pipeline.datasets.manifest import image_root, load_rgb, read_manifest, read
 from pipeline.store.reader import PriorStore
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +84,7 @@ def refer_params(tmp_path: Path, release: dict) -> Path:
 def test_prepare_keeps_readable_images_and_counts_skips_with_reasons(tmp_path):
     release = make_bad_refer_release(tmp_path / "raw")
     params = refer_params(tmp_path, release)
-    result = cli("pipeline.cli", "prepare", "--params", str(params))
+    result = run_cli("pipeline.cli", "prepare", "--params", str(params))
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
     assert "Traceback" not in out
@@ -145,7 +131,7 @@ def stored_by_sample(cfg) -> dict[str, tuple[int, np.ndarray]]:
 def test_generate_simulated_marks_unreadable_images_and_goes_on(synthetic, tmp_path):
     params = synthetic / "params.yaml"
     cfg = load_pipeline_config(params)
-    clean = cli("pipeline.cli", "generate", "--params", str(params))
+    clean = run_cli("pipeline.cli", "generate", "--params", str(params))
     assert clean.returncode == 0, clean.stderr
     expected = stored_by_sample(cfg)
 
@@ -170,7 +156,7 @@ def test_generate_simulated_marks_unreadable_images_and_goes_on(synthetic, tmp_p
         second = dict(yaml.safe_load(params.read_text()))
         second["paths"] = {**second["paths"], "priors": str(tmp_path / "priors")}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(second))
-        result = cli("pipeline.cli", "generate", "--params", str(tmp_path / "params.yaml"))
+        result = run_cli("pipeline.cli", "generate", "--params", str(tmp_path / "params.yaml"))
     finally:
         shutil.rmtree(root)
         shutil.copytree(backup, root)

@@ -2,29 +2,16 @@
 and the teacher identity's fingerprint of the weights' contents."""
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fault_injection import run_cli
 
 from pipeline.config import PriorsConfig, load_pipeline_config
 from pipeline.contract import teacher_hash, teacher_identity, weights_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(module: str, command: str, params: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, command, "--params", str(params)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "300"},
-    )
 
 
 CASES = {
@@ -58,7 +45,7 @@ def test_bad_params_give_one_line_naming_the_key(tmp_path, module, command, case
     params = tmp_path / "params.yaml"
     paths = {n: str(tmp_path / n) for n in ("prepared", "manifests", "priors", "models")}
     params.write_text(text + yaml.safe_dump({"paths": paths}))
-    result = run_cli(module, command, params)
+    result = run_cli(module, command, "--params", str(params), timeout=300)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     # A progress bar already on screen stays there (its last frame), the error under it.

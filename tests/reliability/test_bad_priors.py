@@ -7,16 +7,13 @@ lost, giving the store an uninterrupted run would have.
 """
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from fault_injection import build_generate_workspace
+from fault_injection import build_generate_workspace, run_cli
 
 from pipeline.config import load_pipeline_config
 from pipeline.contract import NO_BOX, NO_POINT, PriorStatus, TeacherOutput, teacher_hash
@@ -28,17 +25,6 @@ from pipeline.store.reader import PriorStore
 from pipeline.teachers import build_teacher
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +167,12 @@ def test_corrupted_shard_is_named_and_recomputed_by_generate(dataset, tmp_path):
         store.get(store.lookup_sample(ids))
     assert f"part-00000 has {len(bad)} unreadable rows, first {bad[:5]}" in str(raised.value)
     assert "l2l-priors verify" in str(raised.value)
-    result = cli("verify", "--params", str(params))
+    result = run_cli("pipeline.cli", "verify", "--params", str(params))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"part-00000: {len(bad)} bad rows, first {bad[:5]}" in result.stderr
 
     assert generate(cfg, "unlabeled").computed == len(bad)
-    assert cli("verify", "--params", str(params)).returncode == 0
+    assert run_cli("pipeline.cli", "verify", "--params", str(params)).returncode == 0
     _, prob, status = everything(cfg)
     _, want_prob, want_status = everything(reference)
     np.testing.assert_array_equal(status, want_status)
@@ -205,7 +191,7 @@ def test_deleted_index_is_named_and_its_pairs_recomputed(dataset, tmp_path, capl
     raw = yaml.safe_load((dataset / "params.yaml").read_text())
     raw["paths"]["priors"] = cfg.paths.priors
     params.write_text(yaml.safe_dump(raw))
-    result = cli("verify", "--params", str(params))
+    result = run_cli("pipeline.cli", "verify", "--params", str(params))
     assert result.returncode == 1 and "part-00000: unusable (no index file" in result.stderr
 
     again = generate(cfg, "unlabeled")
