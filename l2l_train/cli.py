@@ -75,7 +75,8 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """Train with train.method (supervised | fixmatch | fixed_fusion | l2l).
+    """Train with train.method (supervised | fixmatch | fixed_fusion | tuned_fusion |
+    agreement_filter | catm | l2l).
 
     Writes checkpoints to paths.models (latest.pt each epoch and every
     train.checkpoint_every_steps, best.pt by validation oIoU) and per-epoch metrics to

@@ -103,7 +103,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class FusionConfig:
     """SPM calibrated prior (DESIGN.md section 4, paper eq. 4-6): the pixel weight on the
-    teacher prior is ``clip(b0 + bA*A + bq*c(q) + bu*(1 - c(p_w)), w_min, w_max)``."""
+    teacher prior is ``clip(b0 + bA*A + bq*c(q) + bu*(1 - c(p_w)), w_min, w_max)``; and the
+    linear fusion of the baselines, ``q_hat = alpha p_w + (1 - alpha) q``."""
 
     b0: float = bounded(0.0, -1.0, 1.0)
     bA: float = bounded(0.40, 0.0, 1.0)  # image agreement A (soft IoU of p_w and q)
@@ -114,6 +115,9 @@ class FusionConfig:
     # Probabilities are clamped to [eps, 1 - eps] before the logit (|logit| <= 9.2 at 1e-4);
     # eps also keeps the agreement's denominator positive when both maps are empty.
     eps: float = bounded(1e-4, 0.0, 0.5, lo_open=True, hi_open=True)
+    # Linear fusion's weight on p_w (fixed_fusion, agreement_filter, catm; the paper's
+    # "Baseline w/ MLLM" is 0.5, its Table 14 varies it). tuned_fusion chooses its own.
+    alpha: float = bounded(0.5, 0.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.w_min > self.w_max:
@@ -176,6 +180,41 @@ class AgentConfig:
                 f"tau_bg_max ({self.tau_bg_max}) must not exceed tau_fg_min "
                 f"({self.tau_fg_min}): every background threshold lies below every foreground one"
             )
+
+
+@dataclass(frozen=True)
+class TunedFusionConfig:
+    """``tuned_fusion``: linear fusion ``alpha p_w + (1 - alpha) q`` with ``alpha`` chosen
+    before every epoch on labelled training pairs held out of the labelled loss (never val or
+    test): the ``alpha`` of ``linspace(0, 1, grid)`` whose fused maps, binarised at 0.5, have
+    the highest oIoU against the ground truth (:mod:`l2l_train.tuning`)."""
+
+    # Fraction of the labelled *images* held out (at least one; their pairs need priors).
+    holdout: float = bounded(0.2, 0.0, 1.0, lo_open=True, hi_open=True)
+    grid: int = bounded(11, 2, 101)  # 11: alpha in 0, 0.1, ..., 1
+
+
+@dataclass(frozen=True)
+class AgreementConfig:
+    """``agreement_filter``: a pair keeps its pseudo-label only when the model's weak
+    prediction and the teacher prior are both confident and agree; otherwise every pixel is
+    ignored (:func:`l2l_train.targets.agreement_keep`)."""
+
+    # Agreement A (soft IoU of p_w and q, SPM's) must exceed this (the paper: 0.7).
+    threshold: float = bounded(0.7, 0.0, 1.0)
+    # Each source's confidence, the mean margin certainty |2p - 1| over the pair's pixels
+    # (the paper's figure-1 score), must reach this. The paper gives no value.
+    confidence: float = bounded(0.5, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CATMConfig:
+    """``catm``: class-wise adaptive thresholds, FreeMatch's self-adaptive thresholding
+    over pixels (:class:`l2l_train.targets.ClassThresholds`)."""
+
+    # EMA momentum of the global and class-wise statistics, per step. FreeMatch: 0.999 over
+    # ~10^6 steps; 0.99 lets the thresholds move within the embedded default's ~10^3.
+    momentum: float = bounded(0.99, 0.0, 1.0, hi_open=True)
 
 
 @dataclass(frozen=True)
@@ -262,18 +301,23 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["supervised", "fixmatch", "fixed_fusion", "l2l"] = "l2l"
+    method: Literal[
+        "supervised", "fixmatch", "fixed_fusion", "tuned_fusion", "agreement_filter", "catm", "l2l"
+    ] = "l2l"
     spm: bool = True
     rple: bool = True
     image_size: int = bounded(128, 32)
     epochs: int = bounded(5, 1)
     seed: int = bounded(22, 0)  # non-negative: it seeds numpy SeedSequences
-    # Static pseudo-label thresholds where RPLE is off (fixmatch, fixed_fusion, l2l with
-    # rple: false); the open ends keep tau_bg < 0.5 < tau_fg.
+    # Static pseudo-label thresholds where neither RPLE nor CATM sets them (fixmatch, the
+    # fusion baselines, l2l with rple: false); the open ends keep tau_bg < 0.5 < tau_fg.
     tau_fg: float = bounded(0.7, 0.5, 1.0, lo_open=True)
     tau_bg: float = bounded(0.3, 0.0, 0.5, hi_open=True)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    tuned_fusion: TunedFusionConfig = field(default_factory=TunedFusionConfig)
+    agreement: AgreementConfig = field(default_factory=AgreementConfig)
+    catm: CATMConfig = field(default_factory=CATMConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Optimisation: AdamW (no decay on biases and norms), learning rate decayed per step as

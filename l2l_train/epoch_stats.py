@@ -34,11 +34,14 @@ LOSS_NAMES = (
 class EpochStats:
     """One epoch's training losses and, on unlabelled pairs, the paper's figure-9 quantities:
     IoU of the raw prior and of ``q_hat`` (each binarised at 0.5) against the ground truth
-    where it is known, pseudo-label accuracy and coverage, mean thresholds and agreement."""
+    where it is known, pseudo-label accuracy and coverage, mean thresholds and agreement, and
+    (agreement_filter) the share of pairs kept."""
 
     def __init__(self, device: torch.device) -> None:
         self.losses = MeanAccumulator(LOSS_NAMES, device)
-        self.selection = MeanAccumulator(("tau_fg", "tau_bg", "agreement", "prior_present"), device)
+        self.selection = MeanAccumulator(
+            ("tau_fg", "tau_bg", "agreement", "prior_present", "kept"), device
+        )
         self.prior_raw = IoUAccumulator(device)
         self.prior_fused = IoUAccumulator(device)
         self.pseudo = PseudoLabelAccumulator(device)
@@ -56,6 +59,8 @@ class EpochStats:
         self.selection.add("tau_fg", targets.thresholds[:, 0].sum(), batch)
         self.selection.add("tau_bg", targets.thresholds[:, 1].sum(), batch)
         self.selection.add("prior_present", targets.prior_present.sum(), batch)
+        if targets.kept is not None:  # agreement_filter: the share of pairs it keeps
+            self.selection.add("kept", targets.kept.sum(), batch)
         self.selection.add(
             "agreement", targets.agreement[targets.prior_present].sum(), targets.prior_present.sum()
         )

@@ -16,8 +16,8 @@ Four PNGs under ``paths.metrics/figures`` (:data:`FIGURES`):
 - ``confidence_maps.png``, figure 8: the model's foreground probability on validation pairs
   (grey scale, brighter = more confident foreground), ground truth outlined in green.
 
-The unlabelled pictures need a method with a teacher (fixed_fusion or l2l); for supervised and
-fixmatch runs only the last two are drawn.
+The unlabelled pictures need a method with a teacher (the fusion baselines or l2l); for
+supervised and fixmatch runs only the last two are drawn.
 """
 
 from __future__ import annotations
@@ -349,8 +349,7 @@ def render_figures(params: TrainerParams, out_dir: str | Path | None = None) -> 
     plan = plan_method(train_cfg)
     if plan.teacher:
         student = Student(train_cfg, plan, Runtime(device=device), model, tokenizer)
-        if student.agent is not None:
-            student.agent.load_state_dict(ckpt["agent"])
+        student.load_selection_state(ckpt)
         store = open_teacher_store(params)
         source = pair_source(params, "unlabeled", tokenizer, image_size, store, require_priors=True)
         data_u = UnlabeledPairs(source, train_cfg.seed, train_cfg.augment)

@@ -64,7 +64,9 @@ from l2l_train.runtime import (
 from l2l_train.step import Student
 from l2l_train.targets import MethodPlan, plan_method
 from l2l_train.trainer import Trainer
+from l2l_train.tuning import alpha_grid, best_alpha, fusion_scores, holdout_rows, log_choice
 from pipeline.config import to_dict
+from pipeline.datasets.manifest import read_pairs
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,28 @@ class Run:
 
         self.tokenizer = build_tokenizer(params.model.text)
         store = open_teacher_store(params) if self.plan.teacher else None
-        source_x = pair_source(params, "labeled", self.tokenizer, cfg.image_size, store)
+        rows_x = self.data_held = None
+        if self.plan.fusion == "tuned":
+            # tuned_fusion chooses its weight on labelled pairs kept out of the labelled loss.
+            tuned = cfg.tuned_fusion
+            rows_x, rows_held = holdout_rows(
+                read_pairs(params.paths, "labeled"), tuned.holdout, cfg.seed
+            )
+            self.data_held = EvalPairs(
+                pair_source(
+                    params,
+                    "labeled",
+                    self.tokenizer,
+                    cfg.image_size,
+                    store,
+                    require_priors=True,
+                    rows=rows_held,
+                )
+            )
+            self.alphas = alpha_grid(tuned.grid)
+        source_x = pair_source(
+            params, "labeled", self.tokenizer, cfg.image_size, store, rows=rows_x
+        )
         self.data_x = LabeledPairs(source_x, cfg.seed, cfg.augment)
         self.data_u = None
         if self.plan.unlabeled:
@@ -254,15 +277,20 @@ class Run:
             )
         return loader_x, loader_u
 
-    def validate(self) -> dict[str, float]:
+    def eval_share(self, dataset: EvalPairs) -> Any:
+        """This rank's loader of ``dataset``, after syncing rank 0's BatchNorm statistics so
+        every rank scores the same model."""
         broadcast_buffers(self.trainer.student.model, self.rt)
-        loader = eval_loader(
-            self.data_val,
+        return eval_loader(
+            dataset,
             self.params.eval.batch_size,
             rank=self.rt.rank,
             world=self.rt.world,
             num_workers=self.cfg.num_workers,
         )
+
+    def validate(self) -> dict[str, float]:
+        loader = self.eval_share(self.data_val)
         metrics = evaluate(
             self.trainer.student.model,
             loader,
@@ -271,6 +299,21 @@ class Run:
             threshold=self.params.eval.threshold,
         )
         return {f"val/{k}": v for k, v in metrics.items()}
+
+    def choose_fusion_alpha(self, epoch: int) -> None:
+        """tuned_fusion: the weight of the epoch's linear target, chosen on the held-out
+        labelled pairs (:mod:`l2l_train.tuning`); every rank chooses the same."""
+        counts = fusion_scores(
+            self.trainer.student.model,
+            self.eval_share(self.data_held),
+            self.alphas,
+            device=self.rt.device,
+            amp=self.rt.amp,
+        )
+        alpha = best_alpha(counts.cpu(), self.alphas)
+        self.trainer.student.set_fusion_alpha(alpha)
+        if self.rt.is_main:
+            log_choice(self.alphas, counts.cpu(), alpha, epoch)
 
     def run(self, on_step: Callable[[StepInfo], None] | None = None) -> TrainSummary:
         cfg, rt, progress = self.cfg, self.rt, self.progress
@@ -287,6 +330,8 @@ class Run:
         # Training time only (data included; validation and checkpoints excluded).
         run_seconds, run_steps, epoch_seconds, epoch_steps = 0.0, 0, 0.0, 0
         while progress.step < self.total_steps:
+            if self.data_held is not None and progress.step % self.steps_per_epoch == 0:
+                self.choose_fusion_alpha(progress.step // self.steps_per_epoch + 1)
             tick = time.perf_counter()
             loss = self._step(iter_x, iter_u)
             epoch_seconds += time.perf_counter() - tick
@@ -351,6 +396,8 @@ class Run:
             "speed/steps_per_s": steps_per_s,
             "speed/samples_per_s": steps_per_s * samples_per_step,
         }
+        if self.data_held is not None:
+            metrics["u/fusion_alpha"] = self.trainer.student.fusion.alpha
         self.stats = EpochStats(self.rt.device)
         if epoch % self.params.eval.every_epochs == 0 or epoch == cfg.epochs:
             metrics |= self.validate()

@@ -215,16 +215,18 @@ def pair_source(
     store: PriorStore | None = None,
     *,
     require_priors: bool = False,
+    rows: pa.Table | None = None,
 ) -> PairSource:
     """The pairs of ``selection``: a partition role (labeled / unlabeled) or a dataset split
-    (val, test, testA, ...), with their priors from ``store`` where it holds them.
+    (val, test, testA, ...), with their priors from ``store`` where it holds them; ``rows``:
+    these manifest rows of it instead (a part, e.g. tuned_fusion's held-out labelled pairs).
 
     ``require_priors``: the selection is meant to have priors (unlabelled pairs of a method
     that reads the teacher, evaluation with ``eval.prior: teacher``), so none at all means
     they were never generated, an error naming the command; a partial cover is logged.
     """
     source = PairSource(
-        read_pairs(params.paths, selection),
+        read_pairs(params.paths, selection) if rows is None else rows,
         image_root(params.paths.samples),
         image_size,
         tokenizer,

@@ -102,12 +102,15 @@ def fuse(p_w: Tensor, q: Tensor, prior_present: Tensor, cfg: FusionConfig) -> Fu
     return Fused(q_hat=q_hat, agreement=a, weight=w)
 
 
-def fixed_fusion(p_w: Tensor, q: Tensor, prior_present: Tensor) -> Tensor:
-    """The paper's "Baseline w/ MLLM": ``0.5 p_w + 0.5 q``, ``p_w`` where the prior is missing.
+def linear_fusion(p_w: Tensor, q: Tensor, prior_present: Tensor, alpha: float = 0.5) -> Tensor:
+    """Linear fusion ``alpha p_w + (1 - alpha) q``, ``p_w`` where the prior is missing: the
+    paper's "Baseline w/ MLLM" at ``alpha = 0.5``, its Table 14 and ``tuned_fusion`` elsewhere.
 
     Shapes: p_w, q (B, 1, H, W); prior_present (B,) bool -> (B, 1, H, W), detached.
     """
     _check_pair(p_w, q, prior_present)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha}")
     p_w, q = p_w.detach().float(), q.detach().float()
     present = prior_present.to(device=p_w.device, dtype=torch.bool).view(-1, 1, 1, 1)
-    return torch.where(present, 0.5 * p_w + 0.5 * q, p_w)
+    return torch.where(present, alpha * p_w + (1.0 - alpha) * q, p_w)

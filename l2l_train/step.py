@@ -8,9 +8,13 @@ For a labelled batch ``x`` and an unlabelled batch ``u``:
    in FixMatch and UniMatch, where the weak view shares the training forward.
 2. Target ``q_hat`` by the method's target strategy
    (:data:`~l2l_train.targets.TARGET_STRATEGIES`): SPM fusion of ``p_w`` and ``q`` (l2l),
-   ``0.5 p_w + 0.5 q`` (fixed_fusion) or ``p_w`` itself (fixmatch, l2l with ``spm: false``).
-3. Thresholds: the RPLE agent's per-sample ``(tau_fg, tau_bg)`` (l2l with ``rple: true``) or
-   the static ``train.tau_fg`` / ``train.tau_bg``; pseudo-labels with the ignore band.
+   ``alpha p_w + (1 - alpha) q`` (fixed_fusion, agreement_filter, catm: ``alpha`` 0.5;
+   tuned_fusion: the ``alpha`` chosen for the epoch) or ``p_w`` itself (fixmatch, l2l with
+   ``spm: false``).
+3. Thresholds: the RPLE agent's per-sample ``(tau_fg, tau_bg)`` (l2l with ``rple: true``),
+   CATM's class-wise adaptive ones (catm) or the static ``train.tau_fg`` / ``train.tau_bg``;
+   pseudo-labels with the ignore band; agreement_filter ignores whole pairs whose sources
+   are not both confident and in agreement.
 4. Strong view: intensity ops on the image (made in the data workers) and EDA on the text,
    conditioned on ``q_hat`` where the pair has a teacher prior. One forward carries the
    labelled and the strong unlabelled pairs; prior dropout hides priors at random.
@@ -23,6 +27,7 @@ the agent's update (step 6).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -34,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from l2l_train.config import TrainConfig
 from l2l_train.data import EVAL_ONLY_FIELDS, derive_seed
 from l2l_train.eda import Synonyms, load_synonyms, strong_expressions
-from l2l_train.losses import supervised_loss, total_loss, unsupervised_loss
+from l2l_train.losses import IGNORE_INDEX, supervised_loss, total_loss, unsupervised_loss
 from l2l_train.model import Segmentor, TextTokenizer
 from l2l_train.pairs import normalize_images
 from l2l_train.rple import PseudoLabelAgent, compute_reward, rple_state
@@ -42,8 +47,11 @@ from l2l_train.runtime import Runtime, autocast, gather_rows, own_rows
 from l2l_train.spm import agreement
 from l2l_train.targets import (
     TARGET_STRATEGIES,
+    ClassThresholds,
     MethodPlan,
+    agreement_keep,
     band_in_input_frame,
+    class_statistics,
     pseudo_labels,
     static_thresholds,
 )
@@ -60,6 +68,7 @@ class UnlabeledTargets(NamedTuple):
     thresholds: Tensor  # (B, 2) as (tau_fg, tau_bg)
     pseudo: Tensor  # (B, S, S) uint8 in {0, 1, IGNORE_INDEX}
     band: Tensor  # (B,) int64 ignore-band width in the input frame
+    kept: Tensor | None = None  # (B,) bool pairs the agreement filter keeps; None: no filter
 
 
 class WeakPass(NamedTuple):
@@ -101,6 +110,9 @@ class Student:
         self.model, self.ddp_model = model, model
         self.tokenizer = tokenizer
         self.agent = PseudoLabelAgent(cfg.agent, rt.device) if plan.rple else None
+        self.catm = ClassThresholds(cfg.catm.momentum) if plan.catm else None
+        # The target strategies' settings; tuned_fusion sets its alpha every epoch.
+        self.fusion = cfg.fusion
         self.synonyms: Synonyms = load_synonyms(cfg.augment.synonyms)
         self.text_cache = (
             None
@@ -131,10 +143,15 @@ class Student:
         words, word_mask = self.text_cache.words(expressions)
         return {"input_ids": None, "attention_mask": None, "words": words, "word_mask": word_mask}
 
+    def set_fusion_alpha(self, alpha: float) -> None:
+        """The linear target's weight on ``p_w`` from now on (tuned_fusion)."""
+        self.fusion = dataclasses.replace(self.fusion, alpha=alpha)
+
     @torch.no_grad()
     def weak_targets(self, batch_u: dict[str, Any], explore: bool = True) -> WeakPass:
         """The weak pass, ``q_hat`` and the pseudo-labels of this rank's unlabelled batch
-        (``explore``: the agent adds its exploration noise, as in training)."""
+        (``explore``: as in training, the agent adds its exploration noise and CATM's
+        statistics take the batch in; off, both only read their state)."""
         q, present = batch_u["prior_u"], batch_u["prior_present_u"]
         with autocast(self.rt.device, self.rt.amp):
             text = self.text_inputs(batch_u["expr_u_w"])
@@ -144,14 +161,18 @@ class Student:
             logits_u_w = self.model(normalize_images(batch_u["img_u_w"]), **text)
         p_w = torch.sigmoid(logits_u_w.float())
         agree = torch.where(present, agreement(p_w, q, self.cfg.fusion.eps), 0.0)
-        q_hat = TARGET_STRATEGIES[self.plan.fusion](p_w, q, present, self.cfg.fusion)
+        q_hat = TARGET_STRATEGIES[self.plan.fusion](p_w, q, present, self.fusion)
         band = band_in_input_frame(
             self.cfg.agent.ignore_band, batch_u["original_hw_u"], q_hat.shape[-1]
         )
         states, thresholds_all = self.choose_thresholds(q_hat, agree, band, explore)
         thresholds = own_rows(thresholds_all, self.rt)
         pseudo = pseudo_labels(q_hat, thresholds, band)
-        targets = UnlabeledTargets(q, present, q_hat, agree, thresholds, pseudo, band)
+        kept = None
+        if self.plan.agreement_filter:
+            kept = agreement_keep(p_w, q, agree, present, self.cfg.agreement)
+            pseudo[~kept] = IGNORE_INDEX
+        targets = UnlabeledTargets(q, present, q_hat, agree, thresholds, pseudo, band, kept)
         return WeakPass(targets, states, thresholds_all)
 
     def choose_thresholds(
@@ -160,8 +181,12 @@ class Student:
         """(states, thresholds) for every rank's samples, (world * B, 6) and (world * B, 2).
         The agent acts on the gathered states, so each rank draws the same noise for the
         same sample and the agents stay in step."""
+        batch = q_hat.shape[0] * self.rt.world
+        if self.catm is not None:
+            if explore:  # every rank's pixels, so the ranks' statistics stay in step
+                self.catm.update(gather_rows(class_statistics(q_hat), self.rt))
+            return None, self.catm.thresholds(batch, q_hat.device)
         if self.agent is None:
-            batch = q_hat.shape[0] * self.rt.world
             return None, static_thresholds(batch, self.cfg.tau_fg, self.cfg.tau_bg, q_hat.device)
         states = gather_rows(self.agent.make_state(q_hat, agree, band), self.rt)
         return states, self.agent.act(states, explore=explore)
@@ -229,6 +254,24 @@ class Student:
         gathered = gather_rows(torch.cat([reward.total[:, None], next_state], dim=1), self.rt)
         self.agent.observe(weak.states, weak.thresholds_all, gathered[:, 0], gathered[:, 1:])
         return {**self.agent.update(), "reward": gathered[:, 0].mean().item()}
+
+    def selection_state(self) -> dict[str, Any]:
+        """What the pseudo-label selection learned or chose, for checkpoints: the RPLE agent,
+        CATM's statistics (None where the method has neither) and the linear-fusion weight."""
+        return {
+            "agent": None if self.agent is None else self.agent.state_dict(),
+            "catm": None if self.catm is None else self.catm.state_dict(),
+            "fusion_alpha": self.fusion.alpha,
+        }
+
+    def load_selection_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`selection_state` (a checkpoint holds its keys at the top level)."""
+        if self.agent is not None:
+            self.agent.load_state_dict(state["agent"])
+        if self.catm is not None:
+            self.catm.load_state_dict(state["catm"])
+        if "fusion_alpha" in state:  # checkpoints before the tuned_fusion method have none
+            self.set_fusion_alpha(state["fusion_alpha"])
 
     def rng_state(self) -> dict[str, Any]:
         return {"text": self.text_rng.getstate(), "dropout": self.dropout_rng.get_state()}

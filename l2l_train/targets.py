@@ -1,12 +1,26 @@
 """How each method makes its unlabelled targets: the plan, ``q_hat``, and the pseudo-labels.
 
-``train.method`` (with the l2l switches ``spm`` and ``rple``) decides three things
-(:func:`plan_method`): whether unlabelled pairs are used, whether the teacher's priors are
-read, and which *target strategy* turns the weak prediction ``p_w`` and the prior ``q`` into
-``q_hat`` (:data:`TARGET_STRATEGIES`, pure functions ``(p_w, q, present, cfg) -> q_hat``).
-``q_hat`` then becomes a three-way pseudo-label under per-sample thresholds, with an ignore
-band around the foreground edge (:func:`pseudo_labels`); the thresholds come from the RPLE
-agent (:mod:`l2l_train.rple`) or are static (:func:`static_thresholds`).
+``train.method`` (with the l2l switches ``spm`` and ``rple``) decides (:func:`plan_method`):
+whether unlabelled pairs are used, whether the teacher's priors are read, which *target
+strategy* turns the weak prediction ``p_w`` and the prior ``q`` into ``q_hat``
+(:data:`TARGET_STRATEGIES`, pure functions ``(p_w, q, present, cfg) -> q_hat``), where the
+thresholds come from, and whether whole pairs are filtered out. ``q_hat`` then becomes a
+three-way pseudo-label under per-sample thresholds, with an ignore band around the foreground
+edge (:func:`pseudo_labels`); the thresholds come from the RPLE agent (:mod:`l2l_train.rple`),
+from CATM's class-wise statistics (:class:`ClassThresholds`) or are static
+(:func:`static_thresholds`). The agreement filter (:func:`agreement_keep`) ignores every pixel
+of a pair whose two sources are not both confident and in agreement.
+
+The three stronger MLLM baselines of the paper's appendix (Tables 14-15) all start from the
+linear fusion ``alpha p_w + (1 - alpha) q`` of "Baseline w/ MLLM":
+
+- ``tuned_fusion``: ``alpha`` chosen before every epoch on labelled training pairs held out of
+  the labelled loss (:mod:`l2l_train.tuning`), static thresholds;
+- ``agreement_filter``: ``alpha = train.fusion.alpha`` (0.5), static thresholds, pairs kept
+  only when both sources are confident and agree (:func:`agreement_keep`);
+- ``catm``: ``alpha = train.fusion.alpha``, class-wise adaptive thresholds
+  (:class:`ClassThresholds`, FreeMatch's self-adaptive thresholding: the paper's source for
+  its "CATM-style" baseline, Moon et al. 2024, could not be checked).
 """
 
 from __future__ import annotations
@@ -14,19 +28,19 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2l_train.config import FusionConfig, TrainConfig
+from l2l_train.config import AgreementConfig, FusionConfig, TrainConfig
 from l2l_train.losses import BACKGROUND, FOREGROUND, IGNORE_INDEX
-from l2l_train.spm import fixed_fusion, fuse
+from l2l_train.spm import certainty, fuse, linear_fusion
 
 THRESHOLD_DIM = 2  # (tau_fg, tau_bg)
 
-Fusion = Literal["none", "fixed", "spm"]
+Fusion = Literal["none", "fixed", "tuned", "spm"]
 
 
 @dataclass(frozen=True)
@@ -36,20 +50,29 @@ class MethodPlan:
     unlabeled: bool  # trains on unlabelled pairs
     teacher: bool  # reads the teacher's priors (model input, fusion)
     fusion: Fusion  # the target strategy that makes q_hat from p_w and q
-    rple: bool  # thresholds from the agent, else static train.tau_fg / tau_bg
+    rple: bool  # thresholds from the agent, else static train.tau_fg / tau_bg (or CATM's)
+    catm: bool = False  # thresholds from class-wise adaptive statistics (ClassThresholds)
+    agreement_filter: bool = False  # pairs whose two sources disagree are ignored whole
 
 
 def plan_method(cfg: TrainConfig) -> MethodPlan:
     """supervised: labelled pairs only, no prior. fixmatch (the paper's "Baseline w/o MLLM"):
     static thresholds on the model's own weak prediction, no teacher anywhere. fixed_fusion
-    ("Baseline w/ MLLM"): static thresholds on ``0.5 p_w + 0.5 q``. l2l: SPM fusion (``p_w``
-    when ``spm`` is off) and RPLE thresholds (static when ``rple`` is off)."""
+    ("Baseline w/ MLLM"): static thresholds on ``alpha p_w + (1 - alpha) q``, alpha 0.5;
+    tuned_fusion, agreement_filter and catm change one thing each (module docstring). l2l:
+    SPM fusion (``p_w`` when ``spm`` is off) and RPLE thresholds (static when ``rple`` is off)."""
     if cfg.method == "supervised":
         return MethodPlan(unlabeled=False, teacher=False, fusion="none", rple=False)
     if cfg.method == "fixmatch":
         return MethodPlan(unlabeled=True, teacher=False, fusion="none", rple=False)
     if cfg.method == "fixed_fusion":
         return MethodPlan(unlabeled=True, teacher=True, fusion="fixed", rple=False)
+    if cfg.method == "tuned_fusion":
+        return MethodPlan(unlabeled=True, teacher=True, fusion="tuned", rple=False)
+    if cfg.method == "agreement_filter":
+        return MethodPlan(True, True, "fixed", rple=False, agreement_filter=True)
+    if cfg.method == "catm":
+        return MethodPlan(True, True, "fixed", rple=False, catm=True)
     return MethodPlan(
         unlabeled=True, teacher=True, fusion="spm" if cfg.spm else "none", rple=cfg.rple
     )
@@ -63,9 +86,11 @@ def own_prediction(p_w: Tensor, q: Tensor, present: Tensor, cfg: FusionConfig) -
     return p_w
 
 
-def fixed_target(p_w: Tensor, q: Tensor, present: Tensor, cfg: FusionConfig) -> Tensor:
-    """The paper's "Baseline w/ MLLM": ``0.5 p_w + 0.5 q`` where the prior is present."""
-    return fixed_fusion(p_w, q, present)
+def linear_target(p_w: Tensor, q: Tensor, present: Tensor, cfg: FusionConfig) -> Tensor:
+    """The paper's "Baseline w/ MLLM": ``alpha p_w + (1 - alpha) q`` where the prior is
+    present, ``alpha = cfg.alpha`` (0.5 by default; for tuned_fusion the step passes the
+    alpha chosen on held-out labelled pairs)."""
+    return linear_fusion(p_w, q, present, cfg.alpha)
 
 
 def spm_target(p_w: Tensor, q: Tensor, present: Tensor, cfg: FusionConfig) -> Tensor:
@@ -79,9 +104,102 @@ TargetStrategy = Callable[[Tensor, Tensor, Tensor, FusionConfig], Tensor]
 # (B, 1, S, S), detached; where the prior is absent every strategy gives p_w.
 TARGET_STRATEGIES: dict[Fusion, TargetStrategy] = {
     "none": own_prediction,
-    "fixed": fixed_target,
+    "fixed": linear_target,
+    "tuned": linear_target,  # the same rule; the loop sets cfg.alpha every epoch
     "spm": spm_target,
 }
+
+
+# ----------------------------------------------------------------------------- agreement filter
+
+
+def agreement_keep(
+    p_w: Tensor, q: Tensor, agree: Tensor, present: Tensor, cfg: AgreementConfig
+) -> Tensor:
+    """Which pairs keep their pseudo-label under the agreement filter: the prior is present,
+    both sources are confident, ``mean c(p_w) >= cfg.confidence`` and
+    ``mean c(q) >= cfg.confidence`` with ``c(p) = |2p - 1|`` averaged over the pair's pixels
+    (the paper's figure-1 sample confidence), and they agree, ``A > cfg.threshold`` with
+    ``A`` SPM's soft IoU of ``p_w`` and ``q`` (:func:`~l2l_train.spm.agreement`).
+
+    Shapes: p_w, q (B, 1, H, W); agree (B,); present (B,) bool -> (B,) bool.
+    """
+    confident_w = certainty(p_w).flatten(1).mean(1) >= cfg.confidence
+    confident_q = certainty(q).flatten(1).mean(1) >= cfg.confidence
+    return present & confident_w & confident_q & (agree > cfg.threshold)
+
+
+# ----------------------------------------------------------------------------- CATM thresholds
+
+
+def class_statistics(q_hat: Tensor) -> Tensor:
+    """Per-sample pixel sums :class:`ClassThresholds` updates from: the confidence
+    ``max(q_hat, 1 - q_hat)``, the foreground probability ``q_hat`` and the pixel count.
+
+    Shapes: q_hat (B, 1, H, W) -> (B, 3) float64.
+    """
+    q = q_hat.detach().double().flatten(1)
+    pixels = torch.full_like(q[:, 0], q.shape[1])
+    return torch.stack([torch.maximum(q, 1.0 - q).sum(1), q.sum(1), pixels], dim=1)
+
+
+class ClassThresholds:
+    """CATM-style class-wise adaptive thresholds. The paper's baseline cites Moon et al.
+    (2024), which could not be checked; this is FreeMatch's self-adaptive thresholding (SAT;
+    Wang et al., "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning",
+    ICLR 2023), with the pixels of ``q_hat`` as the samples and two classes (background 0,
+    foreground 1), updated once per step from every rank's unlabelled batch:
+
+    - global threshold ``tau <- m tau + (1 - m) mean(max(q_hat, 1 - q_hat))``, from 1/C = 0.5;
+    - class-wise expectation ``p(c) <- m p(c) + (1 - m) mean(prob of c)``, prob of fg
+      ``q_hat``, of bg ``1 - q_hat``, each from 0.5;
+    - class threshold ``tau(c) = p(c) / max(p) * tau`` (FreeMatch's MaxNorm).
+
+    A pixel is pseudo-labelled with its argmax class when its confidence reaches that class's
+    threshold. With two classes the argmax class's confidence is at least 0.5, so on
+    ``q_hat`` this is ``q_hat >= max(0.5, tau(fg))`` for foreground and
+    ``q_hat <= min(0.5, 1 - tau(bg))`` for background: the (tau_fg, tau_bg) pair
+    :func:`pseudo_labels` takes (at q_hat = 0.5 exactly, foreground wins the tie).
+    """
+
+    def __init__(self, momentum: float) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum: expected a value in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.confidence = torch.tensor(0.5, dtype=torch.float64)  # tau
+        self.class_prob = torch.tensor([0.5, 0.5], dtype=torch.float64)  # p(bg), p(fg)
+
+    def update(self, stats: Tensor) -> None:
+        """One EMA step from ``stats``, the (N, 3) rows of :func:`class_statistics` of every
+        rank's samples (the same on every rank, so the thresholds stay in step)."""
+        total = stats.detach().double().cpu().sum(0)
+        if total[2] <= 0:
+            return
+        mean_conf, mean_fg = total[0] / total[2], total[1] / total[2]
+        m = self.momentum
+        self.confidence = m * self.confidence + (1.0 - m) * mean_conf
+        batch_prob = torch.stack([1.0 - mean_fg, mean_fg])
+        self.class_prob = m * self.class_prob + (1.0 - m) * batch_prob
+
+    def class_thresholds(self) -> Tensor:
+        """(2,) float64 ``tau(c)`` for (bg, fg)."""
+        return self.class_prob / self.class_prob.max() * self.confidence
+
+    def thresholds(self, batch: int, device: torch.device | str | None = None) -> Tensor:
+        """The current (tau_fg, tau_bg) on ``q_hat`` for ``batch`` samples.
+
+        Returns: (B, 2) float32.
+        """
+        tau_bg, tau_fg = self.class_thresholds().tolist()
+        pair = [max(0.5, tau_fg), min(0.5, 1.0 - tau_bg)]
+        return torch.tensor([pair], device=device).repeat(batch, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"confidence": self.confidence.clone(), "class_prob": self.class_prob.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.confidence = state["confidence"].double().cpu().clone()
+        self.class_prob = state["class_prob"].double().cpu().clone()
 
 
 # ----------------------------------------------------------------------------- pseudo-labels

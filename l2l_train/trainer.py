@@ -72,17 +72,17 @@ class Trainer:
         return StepResult(logged, None if out.weak is None else out.weak.targets)
 
     def state_dict(self) -> dict[str, Any]:
-        agent = self.student.agent
+        """Model, optimiser, schedule and the pseudo-label selection (``agent``, ``catm``,
+        ``fusion_alpha``: :meth:`~l2l_train.step.Student.selection_state`)."""
         return {
             "model": self.student.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "agent": None if agent is None else agent.state_dict(),
+            **self.student.selection_state(),
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.student.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.schedule.load_state_dict(sd["schedule"])
-        if self.student.agent is not None:
-            self.student.agent.load_state_dict(sd["agent"])
+        self.student.load_selection_state(sd)

@@ -1,9 +1,12 @@
 """The training loop: method switches, optimisation schedule, epoch metrics, the four methods
-end to end, resume after SIGKILL, config mismatches, and 2-process gloo DDP."""
+and the three stronger MLLM baselines end to end, resume after SIGKILL, config mismatches,
+and 2-process gloo DDP."""
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from trainer_workspace import (
     ddp_train_worker,
     free_port,
     kill_after_first_checkpoint,
+    params_dict,
     same_tensors,
     variant,
 )
@@ -25,6 +29,9 @@ from l2l_train.metrics import MeanAccumulator
 from l2l_train.runtime import Runtime
 from l2l_train.targets import plan_method
 from l2l_train.trainer import param_groups, poly_factor
+from pipeline.config import load_pipeline_config
+from pipeline.datasets.manifest import read_pairs
+from pipeline.generate import generate
 
 # ----------------------------------------------------------------------------- pure pieces
 
@@ -123,6 +130,86 @@ def test_each_method_trains_and_writes_metrics(trainer_workspace, tmp_path, meth
         assert metrics["u/tau_fg"] == pytest.approx(0.7) and metrics["u/tau_bg"] == pytest.approx(
             0.3
         )
+
+
+@pytest.fixture(scope="module")
+def labeled_priors(trainer_workspace, tmp_path_factory) -> Path:
+    """A copy of the workspace's prior store with the labelled pairs' priors added, which
+    tuned_fusion's held-out pairs need (the workspace generates unlabeled and val only)."""
+    root = tmp_path_factory.mktemp("labeled_priors")
+    priors = root / "priors"
+    shutil.copytree(params_dict(trainer_workspace)["paths"]["priors"], priors)
+    params = variant(trainer_workspace, root, paths={"priors": str(priors)})
+    generate(load_pipeline_config(params), "labeled")
+    return priors
+
+
+@pytest.mark.slow
+def test_tuned_fusion_holds_labelled_images_out_and_chooses_alpha_on_them(
+    trainer_workspace, labeled_priors, tmp_path
+):
+    params = load_trainer_params(
+        variant(
+            trainer_workspace,
+            tmp_path,
+            train={"method": "tuned_fusion", "tuned_fusion": {"holdout": 0.25, "grid": 5}},
+            paths={"priors": str(labeled_priors)},
+        )
+    )
+    run = Run(params, Runtime(torch.device("cpu")), restart=True, restart_if_stale=False)
+    labeled = read_pairs(params.paths, "labeled")
+    train_ids, held_ids = set(run.data_x.source.sample_id), set(run.data_held.source.sample_id)
+    # 4 labelled images, one held out whole; the two parts make up the labelled pairs.
+    assert train_ids.isdisjoint(held_ids) and train_ids | held_ids == set(
+        labeled["sample_id"].to_pylist()
+    )
+    images = dict(
+        zip(labeled["sample_id"].to_pylist(), labeled["image_id"].to_pylist(), strict=True)
+    )
+    assert len({images[s] for s in held_ids}) == 1
+    assert run.data_held.source.prior_coverage == 1.0
+    summary = run.run()
+    alpha = summary.last_metrics["u/fusion_alpha"]
+    assert alpha in (0.0, 0.25, 0.5, 0.75, 1.0)
+    ckpt = load_checkpoint(tmp_path / "models" / "latest.pt")
+    assert ckpt["fusion_alpha"] == alpha and ckpt["agent"] is None and ckpt["catm"] is None
+    assert "u/prior_raw_oIoU" in summary.last_metrics
+
+
+@pytest.mark.slow
+def test_agreement_filter_ignores_every_pixel_of_the_pairs_it_drops(trainer_workspace, tmp_path):
+    # A loose filter, so an untrained model keeps some pairs and drops others.
+    agreement = {"threshold": 0.0, "confidence": 0.0}
+    params = load_trainer_params(
+        variant(
+            trainer_workspace,
+            tmp_path,
+            train={"method": "agreement_filter", "agreement": agreement},
+        )
+    )
+    run = Run(params, Runtime(torch.device("cpu")), restart=True, restart_if_stale=False)
+    loader_x, loader_u = run.loaders()
+    train_u, _ = split_eval_only(next(iter(loader_u)))
+    targets = run.trainer.step(next(iter(loader_x)), train_u).targets
+    # Kept = prior present and A > 0 here; the dropped pairs carry no label at all.
+    assert torch.equal(targets.kept, targets.prior_present & (targets.agreement > 0))
+    assert (targets.pseudo[~targets.kept] == IGNORE_INDEX).all()
+    summary = run_training(params, restart=True)
+    assert summary.steps == 2 and 0.0 <= summary.last_metrics["u/kept"] <= 1.0
+
+
+@pytest.mark.slow
+def test_catm_trains_with_class_wise_thresholds(trainer_workspace, tmp_path):
+    params = load_trainer_params(
+        variant(trainer_workspace, tmp_path, train={"method": "catm", "catm": {"momentum": 0.5}})
+    )
+    summary = run_training(params)
+    metrics = summary.last_metrics
+    assert summary.steps == 2 and "u/kept" not in metrics
+    # Updated from 0.5 twice: the thresholds moved off the start and stay on their sides.
+    assert metrics["u/tau_fg"] >= 0.5 >= metrics["u/tau_bg"]
+    ckpt = load_checkpoint(tmp_path / "models" / "latest.pt")
+    assert ckpt["catm"]["confidence"] != 0.5 and ckpt["agent"] is None
 
 
 # ----------------------------------------------------------------------------- resume

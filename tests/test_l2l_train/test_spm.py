@@ -9,8 +9,8 @@ from l2l_train.config import FusionConfig
 from l2l_train.spm import (
     agreement,
     certainty,
-    fixed_fusion,
     fuse,
+    linear_fusion,
     logit_fusion,
     prior_weight,
 )
@@ -109,15 +109,20 @@ def test_fuse_output_is_detached():
     q = torch.rand(2, 1, 4, 4)
     out = fuse(p_w, q, torch.tensor([True, True]), FusionConfig())
     assert not out.q_hat.requires_grad
-    assert not fixed_fusion(p_w, q, torch.tensor([True, False])).requires_grad
+    assert not linear_fusion(p_w, q, torch.tensor([True, False])).requires_grad
 
 
-def test_fixed_fusion():
+def test_linear_fusion():
     # row 0: 0.5*[0.2, 0.6] + 0.5*[0.8, 0.0] = [0.5, 0.3]; row 1 has no prior -> p_w.
     p_w = torch.tensor([[0.2, 0.6], [0.2, 0.6]]).view(2, 1, 1, 2)
     q = torch.tensor([[0.8, 0.0], [0.8, 0.0]]).view(2, 1, 1, 2)
-    out = fixed_fusion(p_w, q, torch.tensor([True, False]))
+    out = linear_fusion(p_w, q, torch.tensor([True, False]))
     assert torch.allclose(out, torch.tensor([[0.5, 0.3], [0.2, 0.6]]).view(2, 1, 1, 2))
+    # alpha 0.25: 0.25*[0.2, 0.6] + 0.75*[0.8, 0.0] = [0.65, 0.15]
+    out = linear_fusion(p_w, q, torch.tensor([True, False]), alpha=0.25)
+    assert torch.allclose(out, torch.tensor([[0.65, 0.15], [0.2, 0.6]]).view(2, 1, 1, 2))
+    with pytest.raises(ValueError, match="alpha"):
+        linear_fusion(p_w, q, torch.tensor([True, False]), alpha=1.5)
 
 
 def test_shape_errors_name_the_input():
@@ -126,4 +131,4 @@ def test_shape_errors_name_the_input():
     with pytest.raises(ValueError, match="p_w: expected a"):
         agreement(torch.rand(1, 4, 4), torch.rand(1, 4, 4), 1e-4)
     with pytest.raises(ValueError, match="prior_present"):
-        fixed_fusion(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), torch.tensor([True]))
+        linear_fusion(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), torch.tensor([True]))

@@ -5,14 +5,17 @@ import re
 import pytest
 import torch
 
-from l2l_train.config import FusionConfig, TrainConfig
+from l2l_train.config import AgreementConfig, FusionConfig, TrainConfig
 from l2l_train.losses import IGNORE_INDEX
 from l2l_train.rple import rple_state
 from l2l_train.spm import fuse
 from l2l_train.targets import (
     TARGET_STRATEGIES,
+    ClassThresholds,
     MethodPlan,
+    agreement_keep,
     band_in_input_frame,
+    class_statistics,
     plan_method,
     pseudo_labels,
     static_thresholds,
@@ -29,6 +32,13 @@ def test_plan_method_switches():
     assert plan_method(TrainConfig(method="l2l")) == MethodPlan(True, True, "spm", True)
     ablation = TrainConfig(method="l2l", spm=False, rple=False)
     assert plan_method(ablation) == MethodPlan(True, True, "none", False)
+    # The stronger MLLM baselines: linear fusion with a tuned weight, a pair filter, or
+    # class-wise adaptive thresholds.
+    assert plan_method(TrainConfig(method="tuned_fusion")) == MethodPlan(True, True, "tuned", False)
+    assert plan_method(TrainConfig(method="agreement_filter")) == MethodPlan(
+        True, True, "fixed", False, agreement_filter=True
+    )
+    assert plan_method(TrainConfig(method="catm")) == MethodPlan(True, True, "fixed", False, True)
 
 
 # ----------------------------------------------------------------------------- target strategies
@@ -50,6 +60,15 @@ def test_fixed_target_averages_where_the_prior_is_present():
     torch.testing.assert_close(q_hat, expected)
 
 
+def test_linear_target_uses_the_configured_weight_on_p_w():
+    # alpha 0.25 on p_w: image 0 0.25 * 0.2 + 0.75 * 0.8 = 0.65, 0.25 * 0.8 + 0.75 * 0.8 = 0.8;
+    # image 1 keeps p_w. The tuned strategy is the same rule with the epoch's alpha.
+    for fusion in ("fixed", "tuned"):
+        q_hat = TARGET_STRATEGIES[fusion](P_W, Q, PRESENT, FusionConfig(alpha=0.25))
+        expected = torch.tensor([[0.65, 0.8], [0.3, 0.6]]).view(2, 1, 1, 2)
+        torch.testing.assert_close(q_hat, expected)
+
+
 def test_spm_target_is_spm_fusion():
     # A constant weight 0.5 on the prior: q_hat = sigmoid(0.5 logit(p_w) + 0.5 logit(q)).
     # logit(0.2) = -logit(0.8), so the first pixel lands on 0.5; the second stays at 0.8.
@@ -61,9 +80,82 @@ def test_spm_target_is_spm_fusion():
 
 
 def test_every_fusion_of_the_plan_has_a_strategy():
-    methods = [TrainConfig(method=m) for m in ("supervised", "fixmatch", "fixed_fusion", "l2l")]
+    names = ("supervised", "fixmatch", "fixed_fusion", "tuned_fusion", "agreement_filter")
+    methods = [TrainConfig(method=m) for m in (*names, "catm", "l2l")]
     methods.append(TrainConfig(method="l2l", spm=False))
     assert {plan_method(cfg).fusion for cfg in methods} == set(TARGET_STRATEGIES)
+
+
+# ----------------------------------------------------------------------------- agreement filter
+
+
+def test_agreement_keep_needs_both_sources_confident_and_agreeing():
+    # Six pairs of two pixels; confidence = mean |2p - 1|, agreement A = soft IoU, both by hand.
+    p_w = torch.tensor(
+        [[1.0, 0.0], [0.7, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    ).view(6, 1, 1, 2)
+    q = torch.tensor(
+        [[0.9, 0.0], [1.0, 0.0], [0.0, 1.0], [0.9, 0.0], [1.0, 1.0], [0.75, 0.0]]
+    ).view(6, 1, 1, 2)
+    # A = sum(p q) / (sum p + sum q - sum(p q)):
+    # 0: 0.9 / (1 + 0.9 - 0.9) = 0.9        1: 0.7 / (0.7 + 1 - 0.7) = 0.7
+    # 2: 0 / 2 = 0                          3: as 0 (its prior is absent)
+    # 4: 1 / (1 + 2 - 1) = 0.5              5: 0.75 / (1 + 0.75 - 0.75) = 0.75
+    agree = torch.tensor([0.9, 0.7, 0.0, 0.9, 0.5, 0.75])
+    present = torch.tensor([True, True, True, False, True, True])
+    cfg = AgreementConfig(threshold=0.5, confidence=0.75)
+    keep = agreement_keep(p_w, q, agree, present, cfg)
+    # 0: c(p_w) = 1, c(q) = (0.8 + 1) / 2 = 0.9, A 0.9 > 0.5          -> kept
+    # 1: c(p_w) = (0.4 + 1) / 2 = 0.7 < 0.75: the model is unsure     -> dropped
+    # 2: both certain, A = 0: they disagree                           -> dropped
+    # 3: no prior                                                     -> dropped
+    # 4: both certain, A = 0.5 does not exceed 0.5                    -> dropped
+    # 5: c(q) = (0.5 + 1) / 2 = 0.75 reaches 0.75, A 0.75 > 0.5       -> kept
+    assert keep.tolist() == [True, False, False, False, False, True]
+
+
+# ----------------------------------------------------------------------------- CATM
+
+
+def test_class_statistics_sums_confidence_foreground_and_pixels():
+    q_hat = torch.tensor([[0.9, 0.2], [0.1, 0.6]]).view(2, 1, 1, 2)
+    # max(q, 1 - q): 0.9 + 0.8 = 1.7 and 0.9 + 0.6 = 1.5; q: 1.1 and 0.7; 2 pixels each
+    expected = torch.tensor([[1.7, 1.1, 2.0], [1.5, 0.7, 2.0]], dtype=torch.float64)
+    torch.testing.assert_close(class_statistics(q_hat), expected)
+
+
+def test_class_thresholds_follow_freematch_sat_by_hand():
+    catm = ClassThresholds(momentum=0.5)
+    # Before any update tau = 0.5 and p = (0.5, 0.5): tau(c) = 0.5, every pixel selected.
+    assert catm.thresholds(1).tolist() == [[0.5, 0.5]]
+    stats = torch.tensor([[1.7, 1.1, 2.0], [1.5, 0.7, 2.0]], dtype=torch.float64)
+    # Batch means over 4 pixels: confidence 3.2 / 4 = 0.8, foreground 1.8 / 4 = 0.45.
+    catm.update(stats)
+    # tau = 0.5 * 0.5 + 0.5 * 0.8 = 0.65; p(bg) = 0.5 * 0.5 + 0.5 * 0.55 = 0.525,
+    # p(fg) = 0.5 * 0.5 + 0.5 * 0.45 = 0.475; tau(fg) = 0.475 / 0.525 * 0.65 = 0.5880952,
+    # tau(bg) = 0.525 / 0.525 * 0.65 = 0.65 -> on q_hat: (0.5880952, 1 - 0.65 = 0.35).
+    torch.testing.assert_close(
+        catm.class_thresholds(), torch.tensor([0.65, 0.475 / 0.525 * 0.65], dtype=torch.float64)
+    )
+    torch.testing.assert_close(catm.thresholds(2), torch.tensor([[0.5880952, 0.35]] * 2))
+    catm.update(stats)
+    # tau = 0.5 * 0.65 + 0.5 * 0.8 = 0.725; p = (0.5375, 0.4625);
+    # tau(fg) = 0.4625 / 0.5375 * 0.725 = 0.6238372, tau(bg) = 0.725 -> (0.6238372, 0.275).
+    torch.testing.assert_close(catm.thresholds(1), torch.tensor([[0.6238372, 0.275]]))
+    restored = ClassThresholds(momentum=0.5)
+    restored.load_state_dict(catm.state_dict())
+    assert torch.equal(restored.thresholds(1), catm.thresholds(1))
+
+
+def test_class_thresholds_never_cross_one_half():
+    # An all-background batch: confidence 1, foreground 0. tau = 0.75, p = (0.75, 0.25):
+    # tau(fg) = 0.25 / 0.75 * 0.75 = 0.25, below one half, so every pixel whose argmax is
+    # foreground is selected: tau_fg = 0.5; tau(bg) = 0.75 -> tau_bg = 0.25.
+    catm = ClassThresholds(momentum=0.5)
+    catm.update(class_statistics(torch.zeros(1, 1, 2, 2)))
+    torch.testing.assert_close(catm.thresholds(1), torch.tensor([[0.5, 0.25]]))
+    with pytest.raises(ValueError, match="momentum"):
+        ClassThresholds(momentum=1.0)
 
 
 # ----------------------------------------------------------------------------- pseudo-labels
