@@ -16,8 +16,12 @@ def ablation():
     return import_benchmark("ablation")
 
 
-@pytest.mark.parametrize("name", ["supervised", "fixmatch", "spm", "spm_sesm", "full"])
-def test_row_params_load_with_the_rows_method_budget_and_seed(ablation, tmp_path, name):
+ROW_NAMES = ["supervised", "fixmatch", "spm", "spm_sesm", "full", "tuned_fusion", "catm"]
+ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none", "no_cons"]
+
+
+def row_params(ablation, tmp_path, name):
+    """Row ``name``'s params at seed 23, loaded; the row, its data folder and run folder."""
     data = tmp_path / "data"
     (data / "manifests").mkdir(parents=True)
     row = next(r for r in ablation.ROWS if r.name == name)
@@ -34,8 +38,12 @@ def test_row_params_load_with_the_rows_method_budget_and_seed(ablation, tmp_path
     folder = tmp_path / "work" / name / "seed23"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(ablation.row_params(setup, row, 23, folder)))
+    return load_trainer_params(path), row, data, folder
 
-    params = load_trainer_params(path)
+
+@pytest.mark.parametrize("name", ROW_NAMES)
+def test_row_params_load_with_the_rows_method_budget_and_seed(ablation, tmp_path, name):
+    params, row, data, folder = row_params(ablation, tmp_path, name)
     train = params.train
     assert train.method == row.train["method"] and train.seed == 23
     assert (train.epochs, train.steps_per_epoch, train.image_size) == (2, 5, 64)
@@ -49,3 +57,33 @@ def test_row_params_load_with_the_rows_method_budget_and_seed(ablation, tmp_path
     assert (Path(params.paths.manifests) / "partition.parquet").readlink() == (
         data / "manifests" / "partition.parquet"
     )
+
+
+def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
+    base = load_trainer_params(BENCHMARKS.parent / "params.yaml")
+    gating = row_params(ablation, tmp_path / "a", "gating_fixed")[0]
+    assert gating.model.sesm.gating == "fixed" and gating.model.sesm.enabled
+    assert gating.model.sesm.cross_attention_stages == base.model.sesm.cross_attention_stages
+    assert (
+        row_params(ablation, tmp_path / "b", "xattn_none")[0].model.sesm.cross_attention_stages
+        == ()
+    )
+    agent = row_params(ablation, tmp_path / "c", "no_cons")[0].train.agent
+    assert agent.lambda_cons == 0.0 and agent.lambda_sep == base.train.agent.lambda_sep
+    fusion = row_params(ablation, tmp_path / "d", "fusion_a03")[0].train.fusion
+    assert fusion.alpha == 0.3 and fusion.bA == base.train.fusion.bA
+
+
+def test_rows_select_by_name_and_group(ablation):
+    assert [r.name for r in ablation.selected_rows("table7")] == [
+        "no_sep",
+        "no_cons",
+        "no_cov",
+        "no_stab",
+    ]
+    picked = [r.name for r in ablation.selected_rows("catm,table4,full")]
+    assert picked == ["full", "catm", "gating_fixed", "gating_semantic", "gating_structural"]
+    assert len(ablation.selected_rows("all")) == len(ablation.ROWS)
+    assert [r.name for r in ablation.selected_rows("table3")][-1] == "fully_supervised"
+    with pytest.raises(SystemExit, match="unknown"):
+        ablation.selected_rows("table9")
