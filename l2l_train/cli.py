@@ -141,7 +141,10 @@ def evaluate(
     ] = None,
     split: Annotated[
         list[str] | None,
-        typer.Option(help="Split to score, repeatable (default: eval.splits)."),
+        typer.Option(
+            help="Split to score, repeatable; all = every split of the dataset but train "
+            "(default: eval.splits)."
+        ),
     ] = None,
     prior: Annotated[
         str | None,

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, get_args
 
-from pipeline.config import PARAMS_SECTIONS, PipelineConfig, load_params
+from pipeline.config import ALL_SPLITS, PARAMS_SECTIONS, DataConfig, PipelineConfig, load_params
+from pipeline.contract import ROLE_SPLITS
 from pipeline.schema import ConfigError, bounded, runtime_only
 
 
@@ -351,7 +352,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    splits: tuple[str, ...] = ("val", "test")  # what `l2l-train eval` scores
+    # What `l2l-train eval` scores, one eval.json entry each: dataset splits (RefCOCO and
+    # RefCOCO+: val, testA, testB; RefCOCOg umd: val, test) or partition roles; [all] is
+    # every split the prepared dataset defines besides train. Checked against data.dataset
+    # at load (TrainerParams).
+    splits: tuple[str, ...] = ("val", "test")
     # Model input at evaluation: no prior, or the configured teacher's priors of the split
     # (generated with `l2l-priors generate --split <split>`).
     prior: Literal["none", "teacher"] = "none"
@@ -379,6 +384,37 @@ class TrainerParams(PipelineConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     figures: FiguresConfig = field(default_factory=FiguresConfig)
+
+    def __post_init__(self) -> None:
+        check_eval_splits(self.eval, self.data)
+
+
+def check_eval_splits(cfg: EvalConfig, data: DataConfig) -> None:
+    """``eval.splits`` and ``eval.val_split`` must name splits ``data``'s release defines
+    (where :data:`~pipeline.config.EVAL_SPLITS` knows it), ``train`` or a partition role;
+    ``all`` stands alone in ``eval.splits``. Raises :class:`ConfigError` naming the key."""
+    if not cfg.splits:
+        raise ConfigError("eval.splits: empty; name the splits to score, or [all]")
+    if ALL_SPLITS in cfg.splits and len(cfg.splits) > 1:
+        raise ConfigError(
+            f"eval.splits: {ALL_SPLITS} already names every split, got {list(cfg.splits)}"
+        )
+    if len(set(cfg.splits)) != len(cfg.splits):
+        raise ConfigError(f"eval.splits: a split is listed twice: {list(cfg.splits)}")
+    known = data.eval_splits
+    if known is None:
+        return
+    allowed = (*known, "train", *ROLE_SPLITS)
+    release = f"{data.dataset} ({data.split_by})" if data.dataset != "synthetic" else "synthetic"
+    named = [("eval.val_split", cfg.val_split)]
+    named += [(f"eval.splits[{i}]", s) for i, s in enumerate(cfg.splits) if s != ALL_SPLITS]
+    for key, split in named:
+        if split not in allowed:
+            raise ConfigError(
+                f"{key}: {split!r} is not a split of {release}, which defines "
+                f"{', '.join(known)} (and train; roles {', '.join(ROLE_SPLITS)}); "
+                f"eval.splits: [{ALL_SPLITS}] scores every one"
+            )
 
 
 assert {f.name for f in fields(TrainerParams)} == PARAMS_SECTIONS.keys(), (

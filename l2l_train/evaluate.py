@@ -12,6 +12,7 @@ counts are all-reduced before the metrics are computed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
 from l2l_train.pairs import normalize_images, open_teacher_store, pair_source
 from l2l_train.runtime import autocast, resolve_device
+from pipeline.config import ALL_SPLITS
+from pipeline.datasets.manifest import read_manifest
 from pipeline.schema import build_section
 
 log = logging.getLogger(__name__)
@@ -83,17 +86,34 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[Segmentor, ModelConfig,
     return model, model_cfg, int(ckpt["config"]["train"]["image_size"])
 
 
+def resolve_splits(params: TrainerParams, splits: Sequence[str]) -> tuple[str, ...]:
+    """``splits`` with ``all`` (alone) replaced by every split of the prepared manifest but
+    train (RefCOCO: val, testA, testB; RefCOCOg umd: val, test), in the order of the
+    release's table (:data:`~pipeline.config.EVAL_SPLITS`), then by name."""
+    if ALL_SPLITS not in splits:
+        return tuple(splits)
+    if len(splits) > 1:
+        raise ValueError(f"split {ALL_SPLITS} already names every split, got {list(splits)}")
+    present = set(read_manifest(params.paths.samples)["split"].to_pylist()) - {"train"}
+    if not present:
+        raise ValueError(f"{params.paths.samples}: no split besides train to evaluate")
+    order = params.data.eval_splits or ()
+    return tuple(sorted(present, key=lambda s: (order.index(s) if s in order else len(order), s)))
+
+
 def run_eval(
     params: TrainerParams,
     checkpoint: str | Path,
-    splits: tuple[str, ...],
+    splits: Sequence[str],
     prior: Literal["none", "teacher"],
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on ``splits`` (every sentence), in one process.
+    """Evaluate a checkpoint on ``splits`` (every sentence; ``all``: every evaluation split
+    of the dataset, :func:`resolve_splits`), in one process.
 
     Returns: ``{"checkpoint", "step", "prior", "threshold", "splits": {split: metrics}}``
     with each split's oIoU, mIoU, prec@t, ``pairs`` and ``prior_coverage``.
     """
+    splits = resolve_splits(params, splits)
     device = resolve_device(params.train.device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     model, model_cfg, image_size = model_from_checkpoint(ckpt)

@@ -106,6 +106,20 @@ REFER_SPLITS_BY: dict[str, tuple[str, ...]] = {
 }
 
 
+# The evaluation splits each release defines besides train, in the order papers report them
+# (RefCOCO and RefCOCO+ by UNC: testA has people as referents, testB other objects; RefCOCOg
+# by UMD: val and test; by Google: val only). RefCOCO's Google split is not listed: its
+# names are not checked at load, and `all` takes whatever its manifest holds.
+EVAL_SPLITS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("refcoco", "unc"): ("val", "testA", "testB"),
+    ("refcoco+", "unc"): ("val", "testA", "testB"),
+    ("refcocog", "umd"): ("val", "test"),
+    ("refcocog", "google"): ("val",),
+}
+SYNTHETIC_EVAL_SPLITS = ("val", "test")
+ALL_SPLITS = "all"  # in eval.splits (or --split): every evaluation split of the dataset
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset ``prepare`` reads: the embedded synthetic one or a refer-format release
@@ -122,6 +136,14 @@ class DataConfig:
     verify_images: bool = runtime_only(True)
     workers: int = bounded(2, 1, 256, runtime_only=True)  # threads decoding images in prepare
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    @property
+    def eval_splits(self) -> tuple[str, ...] | None:
+        """The evaluation splits this release defines (:data:`EVAL_SPLITS`), None where the
+        table does not know it."""
+        if self.dataset == "synthetic":
+            return SYNTHETIC_EVAL_SPLITS
+        return EVAL_SPLITS.get((self.dataset, self.split_by))
 
     def __post_init__(self) -> None:
         published = REFER_SPLITS_BY.get(self.dataset)

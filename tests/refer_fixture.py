@@ -28,6 +28,10 @@ Content (image size is width x height)::
     ref 8  ann 101  testB  image_id 9 not in instances   -> skipped
 
 Rows: train 4, val 2, testA 3; 9 in all.
+
+:func:`make_split_fixture` writes the same images and annotations with clean refs instead, one
+image per evaluation split of the release (RefCOCO/RefCOCO+ unc: val, testA, testB; RefCOCOg
+umd: val, test), for evaluation on every split.
 """
 
 from __future__ import annotations
@@ -121,14 +125,9 @@ def _write_image(path: Path, mode: str, size: tuple[int, int], seed: int) -> Non
     Image.fromarray(pixels).convert(mode).save(path, "JPEG", quality=90)
 
 
-def make_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "unc") -> dict:
-    """Write the release described in the module docstring under ``root``.
-
-    Returns a dict: ``root`` (data.root) and ``images`` (data.images) folders, ``dataset``,
-    ``split_by``, ``image_files`` {image id: path}, ``image_modes`` {image id: PIL mode},
-    ``rows_per_split``, ``rows_per_image``, ``areas`` {ann id: pixels}, ``masks`` {ann id:
-    expected (H, W) uint8 mask}, and the defects: ``blank_sentence`` (ref id, sent id),
-    ``empty_segmentation_ref``, ``unknown_ann_ref``, ``unknown_image_ref``."""
+def _write_release(root: Path, dataset: str, split_by: str, refs: list) -> dict:
+    """Images, ``instances.json`` and ``refs(<split_by>).p`` with ``refs`` (rows as in
+    :data:`REFS`) under ``root``; returns the folders, image files and expected masks."""
     refer_root, image_dir = root / "refer", root / "images"
     dataset_dir = refer_root / dataset
     dataset_dir.mkdir(parents=True)
@@ -167,8 +166,8 @@ def make_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "un
     }
     (dataset_dir / "instances.json").write_text(json.dumps(instances))
 
-    refs = []
-    for ref_id, ann_id, image_id, category_id, split, sents in REFS:
+    pickled = []
+    for ref_id, ann_id, image_id, category_id, split, sents in refs:
         sentences = [
             {
                 "sent_id": ref_id * 10 + k,
@@ -178,7 +177,7 @@ def make_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "un
             }
             for k, s in enumerate(sents)
         ]
-        refs.append(
+        pickled.append(
             {
                 "ref_id": ref_id,
                 "ann_id": ann_id,
@@ -191,24 +190,66 @@ def make_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "un
             }
         )
     with (dataset_dir / f"refs({split_by}).p").open("wb") as fh:
-        pickle.dump(refs, fh, protocol=2)  # the protocol of the published (Python 2) pickles
-
+        pickle.dump(pickled, fh, protocol=2)  # the protocol of the published (Python 2) pickles
     return {
         "root": refer_root,
         "images": image_dir,
         "dataset": dataset,
         "split_by": split_by,
         "image_files": image_files,
+        "masks": masks,
+    }
+
+
+def make_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "unc") -> dict:
+    """Write the release described in the module docstring under ``root``.
+
+    Returns a dict: ``root`` (data.root) and ``images`` (data.images) folders, ``dataset``,
+    ``split_by``, ``image_files`` {image id: path}, ``image_modes`` {image id: PIL mode},
+    ``rows_per_split``, ``rows_per_image``, ``areas`` {ann id: pixels}, ``masks`` {ann id:
+    expected (H, W) uint8 mask}, and the defects: ``blank_sentence`` (ref id, sent id),
+    ``empty_segmentation_ref``, ``unknown_ann_ref``, ``unknown_image_ref``."""
+    return _write_release(root, dataset, split_by, REFS) | {
         "image_modes": {i: mode for i, (mode, _) in IMAGES.items()},
         "rows_per_split": {"train": 4, "val": 2, "testA": 3},
         "rows_per_image": {1: 4, 2: 2, 3: 1, 4: 2},
         "areas": {101: 10 * 10, 102: 16 * 8, 103: 6 * 4 + 10 * 10, 104: 5 * 20, 105: 7 * 4},
-        "masks": masks,
         "blank_sentence": (2, 22),
         "empty_segmentation_ref": 6,
         "unknown_ann_ref": 7,
         "unknown_image_ref": 8,
     }
+
+
+# Every evaluation split of a release holds pairs, on images of its own (as in the real
+# releases, where no image is shared between splits): train on image 1, then one image per
+# evaluation split, in EVAL_SPLITS order. RefCOCO/RefCOCO+ (unc): val, testA, testB;
+# RefCOCOg (umd): val, test.
+SPLIT_RELEASES = {
+    ("refcoco", "unc"): ("val", "testA", "testB"),
+    ("refcoco+", "unc"): ("val", "testA", "testB"),
+    ("refcocog", "umd"): ("val", "test"),
+}
+
+
+def make_split_fixture(root: Path, dataset: str = "refcoco", split_by: str = "unc") -> dict:
+    """A release with pairs in every split ``dataset`` (``split_by``) defines: refs 1-2 of
+    :data:`REFS` on image 1 in train (4 rows), then images 2, 3, 4 (anns 103, 104, 105) in
+    the evaluation splits of :data:`SPLIT_RELEASES`, 2, 1 and 2 sentences.
+
+    Returns what :func:`make_refer_fixture` does for the folders and masks, and
+    ``rows_per_split``."""
+    splits = SPLIT_RELEASES[(dataset, split_by)]
+    targets = [(3, 103, 2, 3), (4, 104, 3, 1), (5, 105, 4, 18)]  # ref, ann, image, category
+    sentences = [["the car", "red car in front"], ["standing woman"], ["small dog", "dog top left"]]
+    refs = [(1, 101, 1, 1, "train", ["the man on the left", "person left"])]
+    refs.append((2, 102, 1, 18, "train", ["dog", "brown dog on the right"]))
+    rows = {"train": 4}
+    for k, (ref_id, ann_id, image_id, category_id) in enumerate(targets):
+        split = splits[min(k, len(splits) - 1)]  # umd: images 3 and 4 both in test
+        refs.append((ref_id, ann_id, image_id, category_id, split, sentences[k]))
+        rows[split] = rows.get(split, 0) + len(sentences[k])
+    return _write_release(root, dataset, split_by, refs) | {"rows_per_split": rows}
 
 
 def fixture_config(fixture: dict, **overrides: Any) -> DataConfig:

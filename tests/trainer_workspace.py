@@ -55,6 +55,17 @@ def write_params(root: Path, params: dict[str, Any], **sections: dict[str, Any])
     return path
 
 
+def tiny_model(root: Path) -> dict[str, Any]:
+    """The ``model`` section of a tiny segmentor (Swin embed 16, the one-layer BERT written
+    under ``root/tiny_bert``)."""
+    return {
+        "visual": {"embed_dim": 16, "num_heads": [1, 2, 2, 4]},
+        "text": {"path": str(tiny_bert(root / "tiny_bert")), "max_tokens": MAX_TOKENS},
+        "sesm": {"prior_dim": 8},
+        "decoder_dim": 16,
+    }
+
+
 def build_workspace(root: Path, train_images: int = 16) -> Path:
     """Prepare, split and generate priors (unlabeled, val) under ``root``; returns params.yaml."""
     params = {
@@ -70,12 +81,7 @@ def build_workspace(root: Path, train_images: int = 16) -> Path:
         "split": {"labeled_ratio": 0.25},
         "priors": {"size": 32, "splits": ["unlabeled", "val"]},
         "paths": {name: str(root / name) for name in ("manifests", "priors", "models", "metrics")},
-        "model": {
-            "visual": {"embed_dim": 16, "num_heads": [1, 2, 2, 4]},
-            "text": {"path": str(tiny_bert(root / "tiny_bert")), "max_tokens": MAX_TOKENS},
-            "sesm": {"prior_dim": 8},
-            "decoder_dim": 16,
-        },
+        "model": tiny_model(root),
         "train": {
             "image_size": IMAGE_SIZE,
             "epochs": 1,

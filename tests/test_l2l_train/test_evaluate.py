@@ -1,0 +1,136 @@
+"""Evaluation on every split a refer release defines: eval.splits checked against the dataset
+at load, ``all`` resolved from the manifest, and prepare -> split -> train -> eval on
+refer-format fixtures with RefCOCO's (val, testA, testB) and RefCOCOg umd's (val, test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from refer_fixture import make_split_fixture
+from trainer_workspace import IMAGE_SIZE, tiny_model
+from typer.testing import CliRunner
+
+from l2l_train.cli import app
+from l2l_train.config import load_trainer_params
+from l2l_train.evaluate import resolve_splits
+from l2l_train.loop import run_training
+from pipeline.config import load_pipeline_config
+from pipeline.datasets.manifest import read_manifest
+from pipeline.offline import run_offline_stages
+from pipeline.schema import ConfigError
+
+
+def write(tmp_path, params: dict):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+REFCOCO = {"dataset": "refcoco", "split_by": "unc"}
+
+
+@pytest.mark.parametrize(
+    ("data", "eval_cfg", "message"),
+    [
+        (
+            REFCOCO,
+            {"splits": ["val", "test"]},
+            "eval.splits[1]: 'test' is not a split of refcoco (unc), which defines val, testA, "
+            "testB (and train; roles labeled, unlabeled); eval.splits: [all] scores every one",
+        ),
+        (
+            {"dataset": "refcocog", "split_by": "umd"},
+            {"splits": ["val", "testA"]},
+            "eval.splits[1]: 'testA' is not a split of refcocog (umd), which defines val, test",
+        ),
+        ({}, {"splits": ["val", "tset"]}, "eval.splits[1]: 'tset' is not a split of synthetic"),
+        (REFCOCO, {"splits": ["all"], "val_split": "test"}, "eval.val_split: 'test' is not"),
+        (REFCOCO, {"splits": ["all", "val"]}, "eval.splits: all already names every split"),
+        (REFCOCO, {"splits": ["val", "val"]}, "eval.splits: a split is listed twice"),
+        (REFCOCO, {"splits": []}, "eval.splits: empty"),
+    ],
+)
+def test_eval_splits_must_be_splits_of_the_dataset(tmp_path, data, eval_cfg, message):
+    with pytest.raises(ConfigError) as err:
+        load_trainer_params(write(tmp_path, {"data": data, "eval": eval_cfg}))
+    assert message in str(err.value)
+
+
+def test_eval_splits_that_the_dataset_defines_load(tmp_path):
+    for data, splits in (
+        (REFCOCO, ["val", "testA", "testB"]),
+        ({"dataset": "refcoco+", "split_by": "unc"}, ["testB", "labeled"]),
+        ({"dataset": "refcocog", "split_by": "umd"}, ["val", "test"]),
+        (REFCOCO, ["all"]),
+        ({}, ["val", "test", "train"]),
+        # RefCOCO's Google release is not in the table: its names are checked when scored.
+        ({"dataset": "refcoco", "split_by": "google"}, ["val", "testC"]),
+    ):
+        params = load_trainer_params(write(tmp_path, {"data": data, "eval": {"splits": splits}}))
+        assert params.eval.splits == tuple(splits)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+RELEASES = [
+    ("refcoco", "unc", ("val", "testA", "testB")),
+    ("refcocog", "umd", ("val", "test")),
+]
+
+
+def refer_workspace(root, dataset: str, split_by: str) -> tuple[dict, object]:
+    """A split fixture prepared and partitioned under ``root`` (no priors), and the params of
+    a tiny supervised run on it that evaluates every split (``eval.splits: [all]``)."""
+    fx = make_split_fixture(root / "raw", dataset, split_by)
+    params = {
+        "data": {
+            "dataset": dataset,
+            "split_by": split_by,
+            "root": str(fx["root"]),
+            "images": str(fx["images"]),
+        },
+        "priors": {"splits": []},
+        "paths": {name: str(root / name) for name in ("prepared", "manifests", "priors")}
+        | {"models": str(root / "models"), "metrics": str(root / "metrics")},
+        "model": tiny_model(root),
+        "train": {
+            "method": "supervised",
+            "image_size": IMAGE_SIZE,
+            "epochs": 1,
+            "steps_per_epoch": 1,
+            "batch_size_x": 2,
+            "num_workers": 0,
+        },
+        "eval": {"splits": ["all"], "batch_size": 8},
+    }
+    path = write(root, params)
+    run_offline_stages(load_pipeline_config(path))
+    return fx, path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dataset", "split_by", "splits"), RELEASES)
+def test_prepare_keeps_every_split_and_eval_scores_each(tmp_path, dataset, split_by, splits):
+    fx, path = refer_workspace(tmp_path, dataset, split_by)
+    params = load_trainer_params(path)
+    manifest = read_manifest(params.paths.samples)
+    counts = {s: manifest["split"].to_pylist().count(s) for s in ("train", *splits)}
+    assert counts == fx["rows_per_split"]
+    # `all`: every split but train, in the order the papers report them.
+    assert resolve_splits(params, ["all"]) == splits
+    assert resolve_splits(params, ["val"]) == ("val",)
+
+    run_training(params)
+    result = CliRunner().invoke(app, ["eval", "--params", str(path)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "metrics" / "eval.json").read_text())["splits"]
+    assert tuple(scores) == splits  # one entry per split, every sentence of each
+    for split in splits:
+        assert scores[split]["pairs"] == fx["rows_per_split"][split]
+        assert 0.0 <= scores[split]["oIoU"] <= 1.0
+    # A split the release does not define names the ones it does.
+    other = "test" if "testA" in splits else "testA"
+    result = CliRunner().invoke(app, ["eval", "--params", str(path), "--split", other])
+    assert result.exit_code == 1 and f"no pairs in split {other!r}" in result.output
