@@ -23,7 +23,8 @@ class VisualConfig:
     (e.g. ImageNet-22k Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12) and the
     structure fields below are ignored; ``drop_path_rate`` applies either way. ``depths`` are
     blocks per stage for either kind; ``num_heads`` sizes the prior cross-attention (and
-    Swin's own attention); ``window_size``, ``patch_size`` and ``drop_path_rate`` are Swin's.
+    Swin's own attention); ``patch_size`` is the first grid's cell for either (the ResNet's
+    stem stride: 1, 2 or 4); ``window_size`` and ``drop_path_rate`` are Swin's.
     """
 
     kind: Literal["swin", "resnet"] = "swin"
@@ -230,6 +231,9 @@ class LossConfig:
     fg_weight: float = bounded(4.0, 0.0, lo_open=True)
     lambda_u: float = bounded(1.0, 0.0)
     lambda_dice: float = bounded(0.5, 0.0)
+    # Dice beside the labelled CE (the paper's L_sup is CE alone): CE weights alone either
+    # over-predict small targets or, weighted down, let the model settle on background.
+    lambda_dice_sup: float = bounded(0.0, 0.0)
 
 
 IntensityOp = Literal[
@@ -339,6 +343,10 @@ class TrainConfig:
     # Probability of hiding a pair's prior from the model in the gradient-carrying forward,
     # so it stays usable without one (`eval.prior: none`).
     prior_dropout: float = bounded(0.5, 0.0, 1.0)
+    # The weak pass's input: the model alone (false: p_w is the model's own opinion, as it is
+    # evaluated) or with the teacher's prior (true: DESIGN's SESM conditioning, p_w a
+    # correction of the prior learnt on labelled pairs that carry theirs).
+    weak_sees_prior: bool = False
     # Runtime-only below: a resumed run may change them (its checkpoint still fits).
     device: Literal["auto", "cpu", "cuda"] = runtime_only("auto")  # auto: cuda:LOCAL_RANK if any
     amp: bool = runtime_only(True)  # bf16 autocast on CUDA; CPU always runs fp32

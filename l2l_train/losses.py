@@ -87,12 +87,15 @@ def dice_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 def supervised_loss(logits_x: Tensor, mask_x: Tensor, cfg: LossConfig) -> Tensor:
     """``L_sup``: class-weighted cross-entropy on labelled pairs (``loss.bg_weight`` and
-    ``loss.fg_weight``: 1.0 and 4.0 by default; the paper's 0.9 and 1.1 suit RefCOCO, see
-    :class:`~l2l_train.config.LossConfig`).
+    ``loss.fg_weight``; the paper's 0.9 and 1.1 suit RefCOCO, see
+    :class:`~l2l_train.config.LossConfig`) plus ``loss.lambda_dice_sup`` times Dice.
 
     Shapes: logits_x (B, 1, H, W), mask_x (B, H, W). Returns: scalar.
     """
-    return weighted_ce(logits_x, mask_x, cfg.bg_weight, cfg.fg_weight)
+    ce = weighted_ce(logits_x, mask_x, cfg.bg_weight, cfg.fg_weight)
+    if not cfg.lambda_dice_sup:
+        return ce
+    return ce + cfg.lambda_dice_sup * dice_loss(logits_x, mask_x)
 
 
 def unsupervised_loss(logits_s: Tensor, pseudo: Tensor, cfg: LossConfig) -> UnsupervisedLoss:

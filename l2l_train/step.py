@@ -155,10 +155,11 @@ class Student:
         q, present = batch_u["prior_u"], batch_u["prior_present_u"]
         with autocast(self.rt.device, self.rt.amp):
             text = self.text_inputs(batch_u["expr_u_w"])
-            # No prior in the weak pass: p_w is the model's own opinion, as it is evaluated.
-            # Conditioned on q, the model learns to copy it, and SPM would fuse the prior with
-            # a copy of itself (agreement ~ the prior's own quality, q_hat ~ q).
-            logits_u_w = self.model(normalize_images(batch_u["img_u_w"]), **text)
+            # By default no prior in the weak pass: p_w is the model's own opinion, as it is
+            # evaluated. Conditioned on q (train.weak_sees_prior), p_w is the model's
+            # correction of the prior, and SPM fuses the prior with that.
+            prior = {"prior": q, "prior_present": present} if self.cfg.weak_sees_prior else {}
+            logits_u_w = self.model(normalize_images(batch_u["img_u_w"]), **prior, **text)
         p_w = torch.sigmoid(logits_u_w.float())
         agree = torch.where(present, agreement(p_w, q, self.cfg.fusion.eps), 0.0)
         q_hat = TARGET_STRATEGIES[self.plan.fusion](p_w, q, present, self.fusion)

@@ -69,6 +69,12 @@ def stored_pairs(cwd: Path) -> int:
     return sum(pq.read_metadata(p).num_rows for p in (cwd / "data/priors").glob("*.index.parquet"))
 
 
+def eval_pairs(cwd: Path) -> int:
+    """Pairs of the val and test splits (the smoke profile's priors cover them too)."""
+    splits = pq.read_table(cwd / "data/manifests/samples.parquet", columns=["split"])
+    return sum(split in ("val", "test") for split in splits["split"].to_pylist())
+
+
 def unlabeled_pairs(cwd: Path) -> set[str]:
     part = pq.read_table(cwd / "data/manifests/partition.parquet").to_pylist()
     return {row["sample_id"] for row in part if row["role"] == "unlabeled"}
@@ -105,27 +111,30 @@ def workspace(tmp_path) -> Path:
 def test_stages_rerun_only_on_their_own_inputs_and_experiments_compare(workspace):
     assert_reran(repro(workspace), "prepare", "split", "priors")
     assert repro(workspace) == []
-    assert json.loads((workspace / "data/metrics/eval.json").read_text())
+    alone = json.loads((workspace / "data/metrics/eval.json").read_text())
+    handed = json.loads((workspace / "data/metrics/eval_teacher.json").read_text())
+    assert (alone["prior"], handed["prior"]) == ("none", "teacher")
+    assert handed["splits"]["val"]["prior_coverage"] > 0
     figures = sorted(p.name for p in (workspace / "data/metrics/figures").glob("*.png"))
     assert figures == sorted(FIGURES.values())
 
     # A training param: only training and evaluation rerun (the teacher is not paid again).
     set_param(workspace, "train.lr", 0.002)
     assert_reran(repro(workspace))
-    before = unlabeled_pairs(workspace)
-    assert stored_pairs(workspace) == len(before)
+    before, evaluated = unlabeled_pairs(workspace), eval_pairs(workspace)
+    assert stored_pairs(workspace) == len(before) + evaluated
 
     # Fewer labels: more unlabelled pairs; the store computes only those not yet stored.
     set_param(workspace, "split.labeled_ratio", 0.1)
     assert_reran(repro(workspace), "split", "priors")
     after = unlabeled_pairs(workspace)
     assert len(after - before) > 0
-    assert stored_pairs(workspace) == len(before) + len(after - before)  # no pair twice
+    assert stored_pairs(workspace) == len(before) + len(after - before) + evaluated  # no pair twice
 
-    # A new teacher config: new keys for every unlabelled pair, beside the old ones.
+    # A new teacher config: new keys for every pair it covers, beside the old ones.
     set_param(workspace, "priors.simulated.seed", 1)
     assert_reran(repro(workspace), "priors")
-    assert stored_pairs(workspace) == len(before | after) + len(after)
+    assert stored_pairs(workspace) == len(before | after) + len(after) + 2 * evaluated
 
     # An experiment with another method reruns only training and evaluation, and
     # `dvc exp show` lists both runs' metrics.

@@ -27,6 +27,9 @@ from l2l_train.model.pretrained import from_pretrained_strict, local_model_folde
 # A Swin checkpoint from an ImageNet classifier carries its head; the encoder has no use for it.
 _UNUSED_SWIN_KEYS = ("classifier.",)
 
+# The ResNet stem's two convolution strides for each ``patch_size`` (its first grid's cell).
+STEM_STRIDES = {1: (1, 1), 2: (2, 1), 4: (2, 2)}
+
 # condition(stage index, tokens (B, h*w, C), grid (h, w)) -> tokens (B, h*w, C)
 StageCondition = Callable[[int, torch.Tensor, tuple[int, int]], torch.Tensor]
 
@@ -104,11 +107,17 @@ class ResNetStages(nn.Module):
         self.dims = tuple(int(cfg.embed_dim * 2**i) for i in range(len(cfg.depths)))
         self.num_heads = tuple(cfg.num_heads)
         half = self.dims[0] // 2
+        if cfg.patch_size not in STEM_STRIDES:
+            raise ValueError(
+                f"model.visual.patch_size: the ResNet stem takes {sorted(STEM_STRIDES)}, "
+                f"got {cfg.patch_size}"
+            )
+        first, second = STEM_STRIDES[cfg.patch_size]
         self.stem = nn.Sequential(
-            nn.Conv2d(3, half, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.Conv2d(3, half, kernel_size=3, stride=first, padding=1, bias=False),
             group_norm(half),
             nn.ReLU(inplace=True),
-            nn.Conv2d(half, self.dims[0], kernel_size=3, stride=2, padding=1, bias=False),
+            nn.Conv2d(half, self.dims[0], kernel_size=3, stride=second, padding=1, bias=False),
             group_norm(self.dims[0]),
             nn.ReLU(inplace=True),
         )

@@ -21,7 +21,8 @@ def test_curve_kinds_text_swap_and_teacher_scores(learning, trainer_workspace, t
         [
             *("--data", str(workspace), "--work", str(tmp_path / "work"), "--out", str(out)),
             *("--labels", "5", "--prior", "teacher", "--steps", "2", "--eval-every", "1"),
-            *("--batch-size", "2", "--model", "{visual: {embed_dim: 8}, decoder_dim: 16}"),
+            *("--batch-size", "2", "--per-image", "2"),
+            *("--model", "{visual: {embed_dim: 8}, decoder_dim: 16}"),
         ]
     )
     result = json.loads(out.read_text())
@@ -32,6 +33,22 @@ def test_curve_kinds_text_swap_and_teacher_scores(learning, trainer_workspace, t
             assert 0 <= scores["oIoU"] <= 1 and scores["area_ratio"] >= 0
             assert set(scores["oIoU_per_kind"]) <= {"attribute", "spatial", "ordinal", "relation"}
             assert scores["oIoU_per_kind"]
+            assert set(scores["attribute_oIoU"]) <= {"names_shape", "colour_size_only"}
             swap = scores["text_swap"]
             assert swap["pairs"] > 0 and 0 <= swap["moves"] <= 1 and 0 <= swap["own_target"] <= 1
     assert result["train_pairs"] > 0 and result["val_pairs"] > 0
+
+
+def test_same_image_rows_draw_different_referents_of_one_image(learning):
+    import torch
+
+    data = {"image_id": [7, 7, 7, 9, 9, 5], "ref_id": [1, 1, 2, 3, 4, 6]}
+    by_image = learning.rows_by_image_and_ref(data)
+    assert by_image == [[[0, 1], [2]], [[3], [4]], [[5]]]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        rows = learning.same_image_rows(by_image, 6, 2, generator).tolist()
+        for a, b in zip(rows[::2], rows[1::2], strict=True):
+            assert data["image_id"][a] == data["image_id"][b]
+            if data["image_id"][a] != 5:  # image 5 has one referent: it repeats
+                assert data["ref_id"][a] != data["ref_id"][b]

@@ -97,6 +97,31 @@ def test_step_refuses_unlabelled_ground_truth_and_makes_three_way_labels(
     assert eval_u["mask_u_eval"].shape == targets.pseudo.shape
 
 
+@pytest.mark.parametrize("sees_prior", [False, True])
+def test_weak_pass_reads_the_teacher_prior_only_when_configured(
+    trainer_workspace, tmp_path, sees_prior
+):
+    params = load_trainer_params(
+        variant(trainer_workspace, tmp_path, train={"weak_sees_prior": sees_prior})
+    )
+    run = Run(params, Runtime(torch.device("cpu")), restart=True, restart_if_stale=False)
+    train_u, _ = split_eval_only(next(iter(run.loaders()[1])))
+    seen = []
+    student = run.trainer.student
+    hook = student.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("prior")), with_kwargs=True
+    )
+    try:
+        student.weak_targets(train_u)
+    finally:
+        hook.remove()
+    assert len(seen) == 1
+    if sees_prior:
+        assert torch.equal(seen[0], train_u["prior_u"])
+    else:
+        assert seen[0] is None
+
+
 # ----------------------------------------------------------------------------- methods
 
 

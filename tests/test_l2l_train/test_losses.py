@@ -50,6 +50,15 @@ def test_supervised_loss_uses_the_configured_weights():
     )
 
 
+def test_supervised_loss_adds_weighted_dice():
+    # p = [0.75 (fg), 0.75 (bg)]: Dice = 1 - 2 * 0.75 / (1.5 + 1) = 0.4; CE as above 0.507404
+    logits, labels = _logits([LN3, LN3]), _labels([1, 0])
+    cfg = LossConfig(lambda_dice_sup=0.5)
+    assert supervised_loss(logits, labels.long(), cfg).item() == pytest.approx(
+        0.507404 + 0.5 * 0.4, abs=1e-5
+    )
+
+
 def test_all_ignored_gives_zero_loss_and_finite_gradients():
     logits = torch.randn(2, 1, 3, 3, requires_grad=True)
     labels = torch.full((2, 3, 3), X, dtype=torch.uint8)

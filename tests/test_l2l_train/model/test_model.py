@@ -479,6 +479,26 @@ def test_resnet_stages_frames_and_conditioning():
     assert not torch.allclose(zeroed[1], maps[1])  # stage 2 sees stage 1's conditioned output
 
 
+@pytest.mark.parametrize("patch_size, first_grid", [(1, (64, 96)), (2, (32, 48)), (4, (16, 24))])
+def test_resnet_patch_size_sets_the_first_stage_grid(patch_size, first_grid):
+    """``model.visual.patch_size`` is the ResNet stem's downsampling, as Swin's patch size is
+    its first grid's cell; later stages halve it."""
+    from l2l_train.model.encoder import ResNetStages
+
+    cfg = VisualConfig(kind="resnet", embed_dim=8, patch_size=patch_size)
+    with torch.no_grad():
+        maps = ResNetStages(cfg)(torch.randn(1, 3, 64, 96), lambda s, t, g: t)
+    h, w = first_grid
+    assert [m.shape[-2:] for m in maps] == [(h >> i, w >> i) for i in range(4)]
+
+
+def test_resnet_stem_rejects_other_patch_sizes():
+    from l2l_train.model.encoder import ResNetStages
+
+    with pytest.raises(ValueError, match=r"patch_size.*got 3"):
+        ResNetStages(VisualConfig(kind="resnet", patch_size=3))
+
+
 def test_resnet_encoder_takes_no_weights_folder():
     with pytest.raises(ConfigError, match="resnet"):
         VisualConfig(kind="resnet", path="weights/swin")
