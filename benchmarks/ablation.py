@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ablation.py [--seeds 1] [--epochs 4] [--steps-per-epoch 250]
         [--image-size 64] [--rows supervised,full | table4,table7] [--teacher-eval]
-        [--report-only]
+        [--label-budgets 0.1,1,5,10] [--report-only]
 
 The benchmark's data is the embedded default dataset (params.yaml's ``data.synthetic``, with
 ``--synthetic`` overrides; built once under ``--work/data`` with priors for every split, in
@@ -45,6 +45,20 @@ Those eight rows are the group ``table3`` and the default of ``--rows``. The oth
 - ``table7`` (full L2L, RPLE reward without one term): ``no_sep``, ``no_cons``, ``no_cov``,
   ``no_stab`` (``train.agent.lambda_*`` = 0).
 
+The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
+each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
+``full``) at each percentage of train images labelled, with the same training budget. The
+partition at a budget is the one ``pipeline.split`` draws at ``split.labeled_ratio`` =
+budget / 100 with params.yaml's ``split.seed`` (at least one image: 0.1 % of the embedded
+1,000 train images is one image, whose few pairs the labelled batches cycle through); at 5 %
+that is the data folder's own partition. A budget moves images between the roles, so a row
+that reads the teacher needs a prior for every train pair (the default data folders have
+them: ``priors.splits`` covers both roles) and refuses to start otherwise. Runs live under
+``<work>/<row>/budget<pct>/seed<k>/``. Writes ``benchmarks/results/label_budget.json`` (val
+oIoU mean and std over seeds per method and budget, the partitions' counts),
+``label_budget.md`` and the figure ``label_budget.png``; ``--report-only`` redraws them from
+the finished runs.
+
 Each (row, seed) runs as two subprocesses, ``l2l-train run`` and ``l2l-train eval``, on its
 own params file under ``benchmarks/work/ablation/<row>/seed<k>/`` (so each run's memory is
 freed and an interrupted run resumes from its ``latest.pt``); a run whose ``result.json``
@@ -54,8 +68,8 @@ pseudo-label figures (the paper's figure 9) are the training metrics of the last
 
 The data folder's manifests, partition and prior store are read only: each row's
 ``paths.manifests`` is a folder of symlinks to them (the 100 % row gets its own partition,
-every train pair labelled). Writes ``benchmarks/results/ablation.json`` and
-``ablation.md`` and prints the table.
+every train pair labelled, and so does each label budget). Writes
+``benchmarks/results/ablation.json`` and ``ablation.md`` and prints the table.
 """
 
 from __future__ import annotations
@@ -69,7 +83,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +189,7 @@ ROWS = (
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
+    "budget": ["supervised", "fixmatch", "fixed_fusion", "full"],  # the label-budget sweep
     "baselines": ["tuned_fusion", "agreement_filter", "catm"],
     "table14": ["fusion_a01", "fusion_a03", "fusion_a07", "fusion_a09"],
     "table4": [f"gating_{g}" for g in GATINGS],
@@ -231,11 +246,22 @@ class RunPaths:
         self.result = self.folder / "result.json"
 
 
-def manifests_folder(data: Path, full_labels: bool) -> Path:
-    """A folder beside ``data/manifests`` holding ``samples.parquet`` (a symlink) and the
-    partition: the 5 % one, or one with every train pair labelled (``split.labeled_ratio``
-    must stay below 1, so the 100 % partition is written here rather than by the pipeline)."""
-    folder = data / ("manifests_100" if full_labels else "manifests_5")
+def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 22) -> Path:
+    """A folder beside ``data/manifests`` holding ``samples.parquet`` (a symlink) and a
+    partition with ``labels`` percent of the train images labelled.
+
+    ``labels`` None: the data folder's own partition (a symlink). 100: every train pair
+    labelled (``split.labeled_ratio`` must stay below 1, so the 100 % partition is written
+    here rather than by the pipeline). Otherwise the images :func:`pipeline.split.partition`
+    picks at ratio ``labels / 100`` with ``split_seed`` (at least one image); a symlink to the
+    data folder's own partition where that is the same table (5 % at the pipeline's seed)."""
+    if labels is None:
+        name = "manifests_5"
+    elif labels == 100:
+        name = "manifests_100"
+    else:
+        name = f"manifests_budget{labels:g}_seed{split_seed}"
+    folder = data / name
     source = data / "manifests"
     folder.mkdir(parents=True, exist_ok=True)
     samples = folder / "samples.parquet"
@@ -244,18 +270,69 @@ def manifests_folder(data: Path, full_labels: bool) -> Path:
     partition = folder / "partition.parquet"
     if partition.exists():
         return folder
-    if not full_labels:
+    if labels is None:
         partition.symlink_to(source / "partition.parquet")
         return folder
     import pyarrow as pa
 
-    from pipeline.datasets.manifest import read_partition
+    from pipeline.config import SplitConfig
+    from pipeline.datasets.manifest import read_manifest, read_partition
+    from pipeline.split import partition as split_partition
     from pipeline.split import write_partition
 
-    part = read_partition(source / "partition.parquet")
-    labeled = pa.array(["labeled"] * part.num_rows, type=pa.string())
-    write_partition(part.set_column(1, "role", labeled), partition)
+    own = read_partition(source / "partition.parquet")
+    if labels == 100:
+        part = own.set_column(1, "role", pa.array(["labeled"] * own.num_rows, type=pa.string()))
+    else:
+        cfg = SplitConfig(labeled_ratio=labels / 100, seed=split_seed)
+        part = split_partition(read_manifest(source / "samples.parquet"), cfg)
+        if part.equals(own):
+            partition.symlink_to(source / "partition.parquet")
+            return folder
+    write_partition(part, partition)
     return folder
+
+
+def label_counts(manifests: Path) -> dict[str, int]:
+    """Train images and pairs of each role in the partition of a manifests folder."""
+    from pipeline.datasets.manifest import read_manifest, read_partition
+    from pipeline.split import role_counts
+
+    manifest = read_manifest(manifests / "samples.parquet")
+    counts = role_counts(manifest, read_partition(manifests / "partition.parquet"))
+    return {
+        "labeled_images": counts["labeled"].images,
+        "train_images": counts["labeled"].images + counts["unlabeled"].images,
+        "labeled_pairs": counts["labeled"].pairs,
+        "unlabeled_pairs": counts["unlabeled"].pairs,
+    }
+
+
+def check_train_priors(params_path: Path, what: str) -> None:
+    """Refuse a run whose method reads the teacher unless every train pair has a prior.
+
+    A label budget moves images between the roles, so a pair labelled in the data folder's
+    own partition may be unlabelled here: the trainer would only warn about the pairs it
+    reads as prior-absent. The default data folders generate priors for both roles
+    (``priors.splits``), i.e. every train pair, whatever the budget."""
+    from l2l_train.config import load_trainer_params
+    from l2l_train.pairs import open_teacher_store, prior_keys
+    from l2l_train.targets import plan_method
+    from pipeline.datasets.manifest import read_pairs
+
+    params = load_trainer_params(params_path)
+    if not plan_method(params.train).teacher:
+        return
+    sample_ids = read_pairs(params.paths, "train")["sample_id"].to_pylist()
+    keys = prior_keys(open_teacher_store(params), sample_ids)
+    missing = [sid for sid, key in zip(sample_ids, keys, strict=True) if key is None]
+    if missing:
+        raise SystemExit(
+            f"{what}: {len(missing)} of {len(sample_ids)} train pairs have no prior of teacher "
+            f"{params.priors.teacher!r} in {params.paths.priors} (e.g. {missing[0]!r}); the "
+            "label-budget sweep needs priors for every train pair: generate them for both "
+            "roles (priors.splits [labeled, unlabeled])"
+        )
 
 
 def benchmark_data(work: Path, synthetic: dict[str, Any]) -> Path:
@@ -278,11 +355,20 @@ def benchmark_data(work: Path, synthetic: dict[str, Any]) -> Path:
 class Setup:
     """What every run of one invocation shares."""
 
-    work: Path  # run folders: <work>/<row>/seed<k>/
+    work: Path  # run folders: <work>/<row>/seed<k>/, <work>/<row>/budget<labels>/seed<k>/
     data: Path  # holds manifests/ and priors/ (read only) and the rows' manifests folders
     budget: Budget
     base: dict[str, Any]  # the repository's params.yaml
     teacher_eval: bool
+    labels: float | None = None  # label budget, % of train images; None: the data's partition
+    split_seed: int = 22  # split.seed of the partitions drawn at a label budget
+
+
+def run_folder(work: Path, row: Row, seed: int, labels: float | None = None) -> Path:
+    """Where (row, seed) runs: ``<work>/<row>/seed<k>``, under ``budget<labels>/`` in the
+    label-budget sweep."""
+    budget = [] if labels is None else [f"budget{labels:g}"]
+    return Path(work, row.name, *budget, f"seed{seed}")
 
 
 def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
@@ -291,7 +377,9 @@ def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
     budget = setup.budget
     params = copy.deepcopy(setup.base)
     params["paths"] |= {
-        "manifests": str(manifests_folder(setup.data, row.full_labels)),
+        "manifests": str(
+            manifests_folder(setup.data, 100 if row.full_labels else setup.labels, setup.split_seed)
+        ),
         "priors": str(setup.data / "priors"),
         "models": str(folder / "models"),
         "metrics": str(folder / "metrics"),
@@ -322,21 +410,24 @@ def run_history(checkpoint: Path) -> list[dict[str, float]]:
     return load_checkpoint(checkpoint, map_location="cpu")["progress"]["history"]
 
 
-def finished(work: Path, row: Row, seed: int) -> dict | None:
-    """The stored result of (row, seed), None when that run has not finished."""
-    path = RunPaths(work / row.name / f"seed{seed}").result
+def finished(work: Path, row: Row, seed: int, labels: float | None = None) -> dict | None:
+    """The stored result of (row, seed) at label budget ``labels``, None when that run has
+    not finished."""
+    path = RunPaths(run_folder(work, row, seed, labels)).result
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_row(setup: Setup, row: Row, seed: int) -> dict:
     """Train and score one (row, seed); returns (and writes) its result."""
-    stored = finished(setup.work, row, seed)
+    stored = finished(setup.work, row, seed, setup.labels)
     if stored is not None:
         return stored
-    paths = RunPaths(setup.work / row.name / f"seed{seed}")
+    paths = RunPaths(run_folder(setup.work, row, seed, setup.labels))
     paths.folder.mkdir(parents=True, exist_ok=True)
     params = row_params(setup, row, seed, paths.folder)
     paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+    if setup.labels is not None:
+        check_train_priors(paths.params, f"{row.name} at {setup.labels:g} % labels")
     log = paths.folder / "log.txt"
     p = ["-p", str(paths.params)]
     train_s = run_command([str(L2L_TRAIN), "run", *p], log)
@@ -370,6 +461,10 @@ def run_row(setup: Setup, row: Row, seed: int) -> dict:
         "eval_s": eval_s,
         "budget": asdict(setup.budget),
     }
+    if setup.labels is not None:
+        manifests = Path(params["paths"]["manifests"])
+        counts = label_counts(manifests)
+        result["labels"] = {"percent": setup.labels, "split_seed": setup.split_seed, **counts}
     paths.result.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -439,6 +534,114 @@ def markdown_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def budget_point(row: Row, labels: float, results: list[dict]) -> dict[str, Any]:
+    """One point of the label-budget sweep: a row's figures over seeds at ``labels`` %."""
+    summary = summarize(row, results)
+    for key in ("row", "label", "paper_val_oIoU"):  # per method; the paper's are at 5 %
+        del summary[key]
+    return {"percent": labels, "labels": results[0].get("labels"), **summary}
+
+
+def label_budget_payload(
+    budget: Budget,
+    data: Any,
+    split_seed: int,
+    budgets: tuple[float, ...],
+    rows: list[Row],
+    points: dict[str, list[dict]],
+) -> dict[str, Any]:
+    """``label_budget.json``: per method (row), its points at each finished budget."""
+    return {
+        "benchmark": "label_budget",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "budget": asdict(budget),  # the training budget, the same at every label budget
+        "data": data,
+        "split_seed": split_seed,
+        "label_budgets": list(budgets),  # % of train images labelled
+        "methods": [
+            {"row": row.name, "label": row.label, "budgets": points[row.name]}
+            for row in rows
+            if points.get(row.name)
+        ],
+    }
+
+
+def label_budget_table(payload: dict[str, Any]) -> str:
+    """Val oIoU (mean ± std over seeds) of each method (rows) at each budget (columns)."""
+    budgets = payload["label_budgets"]
+    header = ["row", *(f"{b:g} %" for b in budgets)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in payload["methods"]:
+        at = {point["percent"]: point.get("val_oIoU_none") for point in method["budgets"]}
+        lines.append("| " + " | ".join([method["row"], *(cell(at.get(b)) for b in budgets)]) + " |")
+    return "\n".join(lines)
+
+
+def draw_label_budget(payload: dict[str, Any], path: Path) -> Path:
+    """The paper's figure 2: val oIoU against the label budget (log scale), one line per
+    method, error bars one std over seeds."""
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
+    from matplotlib.ticker import NullLocator
+
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = figure.add_subplot()
+    seeds: set[int] = set()
+    for method in payload["methods"]:
+        points = [p for p in method["budgets"] if p.get("val_oIoU_none")]
+        if not points:
+            continue
+        seeds.update(seed for p in points for seed in p["seeds"])
+        ax.errorbar(
+            [p["percent"] for p in points],
+            [100 * p["val_oIoU_none"][0] for p in points],
+            yerr=[100 * p["val_oIoU_none"][1] for p in points],
+            marker="o",
+            capsize=3,
+            label=method["row"],
+        )
+    ticks = payload["label_budgets"]
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("label budget (% of train images labelled)")
+    ax.set_ylabel("val oIoU (%)")
+    budget = payload["budget"]
+    ax.set_title(
+        f"{budget['epochs'] * budget['steps_per_epoch']} steps of {budget['batch_size_x']} "
+        f"labelled + {budget['batch_size_u']} unlabelled pairs at {budget['image_size']} px\n"
+        f"seeds {', '.join(map(str, sorted(seeds))) or 'none'} (error bars: std over seeds)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def write_label_budget(out: Path, payload: dict[str, Any]) -> None:
+    """``out`` (JSON), the table beside it (``.md``) and the figure (``.png``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text(label_budget_table(payload) + "\n")
+    draw_label_budget(payload, out.with_suffix(".png"))
+
+
+def label_budgets(text: str) -> tuple[float, ...]:
+    """``--label-budgets``: comma-separated percentages in (0, 100], sorted, each once."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated percentages such as 0.1,1,5,10, got {text!r}"
+        ) from None
+    outside = [v for v in values if not 0 < v <= 100]  # NaN included
+    if outside:
+        raise argparse.ArgumentTypeError(f"budgets are percentages in (0, 100], got {outside}")
+    return tuple(sorted(set(values)))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -466,16 +669,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rows",
-        default="table3",
         help="comma-separated row names or groups (table3, baselines, table14, table4, table5, "
-        "table7, all); default: table3, the eight rows of the paper's Table 3",
+        "table7, budget, all); default: table3, the eight rows of the paper's Table 3, or "
+        "budget (supervised, fixmatch, fixed_fusion, full) with --label-budgets",
+    )
+    parser.add_argument(
+        "--label-budgets",
+        type=label_budgets,
+        metavar="0.1,1,5,10",
+        help="the label-budget sweep (the paper's figure 2): every row at each of these "
+        "percentages of train images labelled, on partitions drawn with split.seed",
     )
     parser.add_argument(
         "--teacher-eval",
         action="store_true",
         help="also score the SESM rows with the teacher prior as input (needs val/test priors)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "ablation.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="result JSON (default: results/ablation.json, results/label_budget.json with "
+        "--label-budgets; the table and figure are written beside it)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -494,14 +709,25 @@ def main(argv: list[str] | None = None) -> None:
         batch_size_u=args.batch_size_u,
         lr=args.lr,
     )
-    rows = selected_rows(args.rows)
+    sweep = args.label_budgets is not None
+    rows = selected_rows(args.rows or ("budget" if sweep else "table3"))
+    if sweep and any(row.full_labels for row in rows):
+        full = [row.name for row in rows if row.full_labels]
+        raise SystemExit(f"--label-budgets: {full} train on every label; leave them out of --rows")
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
     setup = Setup(
         work=args.work,
         data=args.data or benchmark_data(args.work, args.synthetic),
         budget=budget,
-        base=yaml.safe_load((ROOT / "params.yaml").read_text()),
+        base=base,
         teacher_eval=args.teacher_eval,
+        split_seed=base["split"]["seed"],
     )
+    data = str(args.data) if args.data else {"synthetic": args.synthetic}
+    if sweep:
+        sweep_label_budgets(args, setup, rows, data)
+        return
+    out = args.out or RESULTS / "ablation.json"
     summaries = []
     for row in rows:
         seeds = [22 + k for k in range(args.seeds)]
@@ -513,10 +739,38 @@ def main(argv: list[str] | None = None) -> None:
         else:
             results = [run_row(setup, row, seed) for seed in seeds]
         summaries.append(summarize(row, results))
-        data = str(args.data) if args.data else {"synthetic": args.synthetic}
-        write_outputs(args.out, budget, data, summaries)
+        write_outputs(out, budget, data, summaries)
         print(f"{row.name}: done", flush=True)
     print(markdown_table(summaries))
+
+
+def sweep_label_budgets(args: argparse.Namespace, setup: Setup, rows: list[Row], data: Any) -> None:
+    """Every row at every label budget (all rows at the smallest budget first); with
+    ``--report-only`` the finished (row, budget, seed) runs only. Rewrites the JSON, table
+    and figure after each (row, budget)."""
+    out = args.out or RESULTS / "label_budget.json"
+    seeds = [22 + k for k in range(args.seeds)]
+    points: dict[str, list[dict]] = {row.name: [] for row in rows}
+    payload = label_budget_payload(
+        setup.budget, data, setup.split_seed, args.label_budgets, rows, points
+    )
+    for labels in args.label_budgets:
+        at_budget = replace(setup, labels=labels)
+        for row in rows:
+            if args.report_only:
+                results = [finished(setup.work, row, seed, labels) for seed in seeds]
+                results = [r for r in results if r is not None]
+                if not results:
+                    continue
+            else:
+                results = [run_row(at_budget, row, seed) for seed in seeds]
+            points[row.name].append(budget_point(row, labels, results))
+            payload = label_budget_payload(
+                setup.budget, data, setup.split_seed, args.label_budgets, rows, points
+            )
+            write_label_budget(out, payload)
+            print(f"{row.name} at {labels:g} % labels: done", flush=True)
+    print(label_budget_table(payload))
 
 
 def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import statistics
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 import yaml
 from benchmark_scripts import BENCHMARKS, import_benchmark
@@ -87,3 +92,156 @@ def test_rows_select_by_name_and_group(ablation):
     assert [r.name for r in ablation.selected_rows("table3")][-1] == "fully_supervised"
     with pytest.raises(SystemExit, match="unknown"):
         ablation.selected_rows("table9")
+
+
+# ----------------------------------------------------------------------------- label budgets
+
+
+def linked_data(tmp_path: Path, workspace: Path) -> Path:
+    """A data folder whose manifests/ and priors/ link to the shared workspace's (the budget
+    partitions are written beside them, not into the workspace)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("manifests", "priors"):
+        (data / name).symlink_to(workspace.parent / name, target_is_directory=True)
+    return data
+
+
+def labelled_images(folder: Path) -> set[int]:
+    from pipeline.datasets.manifest import read_manifest, read_partition
+
+    manifest = read_manifest(folder / "samples.parquet")
+    part = read_partition(folder / "partition.parquet")
+    labelled = manifest.join(part, "sample_id").filter(pc.equal(pc.field("role"), "labeled"))
+    return set(labelled["image_id"].to_pylist())
+
+
+def test_partition_at_a_budget_is_the_pipelines_draw(ablation, trainer_workspace, tmp_path):
+    from pipeline.config import SplitConfig
+    from pipeline.datasets.manifest import read_manifest
+    from pipeline.split import labeled_images
+
+    data = linked_data(tmp_path, trainer_workspace)
+    manifest = read_manifest(data / "manifests" / "samples.parquet")
+    train_ids = manifest.filter(pc.equal(manifest["split"], "train"))["image_id"].to_numpy()
+    n_images = len(set(train_ids.tolist()))  # 16
+    for labels in (0.1, 10, 50):
+        folder = ablation.manifests_folder(data, labels, 22)
+        expected = labeled_images(train_ids, SplitConfig(labeled_ratio=labels / 100, seed=22))
+        assert labelled_images(folder) == set(expected.tolist())
+        assert len(expected) == max(1, round(labels / 100 * n_images))
+    counts = ablation.label_counts(ablation.manifests_folder(data, 0.1, 22))
+    assert (counts["labeled_images"], counts["train_images"]) == (1, n_images)
+    assert counts["labeled_pairs"] + counts["unlabeled_pairs"] == len(train_ids)
+    # The workspace's own ratio (split.labeled_ratio 0.25) at the same seed: its own file.
+    own = data / "manifests" / "partition.parquet"
+    assert (ablation.manifests_folder(data, 25, 22) / "partition.parquet").readlink() == own
+    other_seed = ablation.manifests_folder(data, 25, 23) / "partition.parquet"
+    assert not other_seed.is_symlink() and labelled_images(other_seed.parent) != labelled_images(
+        own.parent
+    )
+    assert labelled_images(ablation.manifests_folder(data, 100)) == set(train_ids.tolist())
+
+
+def budget_setup(ablation, workspace: Path, data: Path, labels: float) -> object:
+    budget = ablation.Budget(
+        epochs=1, steps_per_epoch=2, image_size=64, batch_size_x=2, batch_size_u=2, lr=1e-3
+    )
+    base = yaml.safe_load(workspace.read_text())
+    return ablation.Setup(data.parent / "work", data, budget, base, False, labels=labels)
+
+
+def test_budget_runs_need_a_prior_for_every_train_pair(ablation, trainer_workspace, tmp_path):
+    """The workspace generated priors for its unlabelled pairs only, so its labelled pairs
+    (25 % of the images) lack one: a teacher row refuses; once they have one it starts."""
+    from pipeline.config import load_pipeline_config
+    from pipeline.generate import generate
+
+    data = linked_data(tmp_path, trainer_workspace)
+    (data / "priors").unlink()
+    shutil.copytree(trainer_workspace.parent / "priors", data / "priors")
+    setup = budget_setup(ablation, trainer_workspace, data, 10)
+    rows = {r.name: r for r in ablation.ROWS}
+
+    def check(name: str) -> None:
+        folder = ablation.run_folder(setup.work, rows[name], 22, setup.labels)
+        assert folder == setup.work / name / "budget10" / "seed22"
+        folder.mkdir(parents=True)
+        params = folder / "params.yaml"
+        params.write_text(yaml.safe_dump(ablation.row_params(setup, rows[name], 22, folder)))
+        ablation.check_train_priors(params, f"{name} at 10 %")
+
+    own = ablation.label_counts(data / "manifests")
+    with pytest.raises(SystemExit, match=f"full at 10 %: {own['labeled_pairs']} of "):
+        check("full")
+    check("supervised")  # reads no teacher
+    cfg = load_pipeline_config(trainer_workspace)
+    generate(replace(cfg, paths=replace(cfg.paths, priors=str(data / "priors"))), "labeled")
+    check("fixed_fusion")
+
+
+def fake_result(row: str, seed: int, labels: float, val: float) -> dict:
+    """A run_row result as a finished run leaves it (no training)."""
+    scores = {"oIoU": val, "mIoU": val - 0.01}
+    return {
+        "row": row,
+        "seed": seed,
+        "eval": {"none": {"val": scores, "test": scores}},
+        "train": {"raw_prior_iou": None, "train_loss": 0.5},
+        "val_oIoU_per_epoch": [val],
+        "train_s": 10.0,
+        "eval_s": 1.0,
+        "budget": {},
+        "labels": {"percent": labels, "split_seed": 22, "labeled_images": 1},
+    }
+
+
+def test_report_only_writes_the_budget_json_table_and_figure(ablation, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "results" / "label_budget.json"
+    vals = {("supervised", 1): [0.20, 0.30], ("supervised", 5): [0.40], ("full", 5): [0.5, 0.6]}
+    rows = {r.name: r for r in ablation.ROWS}
+    for (row, labels), by_seed in vals.items():
+        for k, val in enumerate(by_seed):
+            folder = ablation.run_folder(work, rows[row], 22 + k, labels)
+            folder.mkdir(parents=True)
+            (folder / "result.json").write_text(json.dumps(fake_result(row, 22 + k, labels, val)))
+    args = ["--label-budgets", "5,1", "--report-only", "--seeds", "2", "--epochs", "2"]
+    ablation.main([*args, "--work", str(work), "--data", str(tmp_path), "--out", str(out)])
+
+    payload = json.loads(out.read_text())
+    assert payload["label_budgets"] == [1, 5] and payload["budget"]["epochs"] == 2
+    methods = {m["row"]: m["budgets"] for m in payload["methods"]}
+    assert list(methods) == ["supervised", "full"]  # fixmatch, fixed_fusion: nothing finished
+    sup_1, sup_5 = methods["supervised"]
+    assert (sup_1["percent"], sup_1["seeds"]) == (1, [22, 23])
+    assert sup_1["val_oIoU_none"] == pytest.approx([0.25, statistics.stdev([0.2, 0.3])])
+    assert sup_5["val_oIoU_none"] == [0.4, 0.0] and sup_1["labels"]["labeled_images"] == 1
+    assert methods["full"][0]["val_oIoU_none"][0] == pytest.approx(0.55)
+    assert (
+        out.with_suffix(".md").read_text().splitlines()[2] == "| supervised | 25.0 ± 7.1 | 40.0 |"
+    )
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("text", ["5%", "1;5", "", "1,,5", "one"])
+def test_label_budgets_refuse_an_unknown_format(ablation, text, capsys):
+    with pytest.raises(SystemExit):
+        ablation.parse_args([f"--label-budgets={text}"])
+    assert "comma-separated percentages" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["0", "-1,5", "100.5", "nan", "inf"])
+def test_label_budgets_refuse_a_budget_outside_0_100(ablation, text, capsys):
+    with pytest.raises(SystemExit):
+        ablation.parse_args([f"--label-budgets={text}"])
+    assert "(0, 100]" in capsys.readouterr().err
+
+
+def test_label_budgets_parse_and_pick_the_sweeps_rows(ablation, tmp_path):
+    args = ablation.parse_args(["--label-budgets", "10, 0.1,5,1,10"])
+    assert args.label_budgets == (0.1, 1.0, 5.0, 10.0) and args.rows is None
+    assert ablation.parse_args(["--label-budgets", "100"]).label_budgets == (100.0,)
+    names = [r.name for r in ablation.selected_rows("budget")]
+    assert names == ["supervised", "fixmatch", "fixed_fusion", "full"]
+    with pytest.raises(SystemExit, match="fully_supervised"):
+        ablation.main(["--label-budgets", "5", "--rows", "table3", "--data", str(tmp_path)])
