@@ -3,9 +3,11 @@
 For a labelled batch ``x`` and an unlabelled batch ``u``:
 
 1. Weak pass, no gradient: ``p_w = sigmoid(f(img_u_w))``, the model's own prediction with no
-   prior, as it is evaluated (DESIGN.md conditions it on ``q``; then the model learns to copy
-   its input and SPM fuses the prior with a copy of itself). The model stays in train mode, as
-   in FixMatch and UniMatch, where the weak view shares the training forward.
+   prior, as it is evaluated. DESIGN.md conditions it on ``q`` (``train.weak_sees_prior``):
+   on the embedded default that lifts the fused prior above the raw one but leaves the
+   prior-free student no better (``benchmarks/README.md``), so it is off by default. The model
+   stays in train mode, as in FixMatch and UniMatch, where the weak view shares the training
+   forward.
 2. Target ``q_hat`` by the method's target strategy
    (:data:`~l2l_train.targets.TARGET_STRATEGIES`): SPM fusion of ``p_w`` and ``q`` (l2l),
    ``alpha p_w + (1 - alpha) q`` (fixed_fusion, agreement_filter, catm: ``alpha`` 0.5;

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from l2l_train.pairs import normalize_images
 from l2l_train.runtime import autocast
 from pipeline.config import SplitConfig
-from pipeline.split import labeled_images
+from pipeline.contract import labeled_images
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def alpha_grid(points: int) -> Tensor:
 def holdout_rows(rows: pa.Table, ratio: float, seed: int) -> tuple[pa.Table, pa.Table]:
     """Split labelled manifest rows by image into (kept for the labelled loss, held out):
     ``max(1, round(ratio * images))`` images held out, drawn with ``seed`` as the partition
-    draws its labelled images (:func:`pipeline.split.labeled_images`).
+    draws its labelled images (:func:`pipeline.contract.labeled_images`).
 
     Raises ``ValueError`` when fewer than two labelled images leave nothing to train on.
     """

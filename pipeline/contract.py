@@ -25,6 +25,7 @@ from pipeline.config import (
     MLLMConfig,
     PriorsConfig,
     SAM2Config,
+    SplitConfig,
     config_hash,
     runtime_only_keys,
     to_dict,
@@ -202,6 +203,16 @@ def pair_keys(pairs: list[dict], image_hashes: list[str], t_hash: str) -> list[s
 # ----------------------------------------------------------------------------- pairs
 
 ROLE_SPLITS = ("labeled", "unlabeled")  # the partition's roles, selectable like splits
+
+
+def labeled_images(image_ids: np.ndarray, cfg: SplitConfig) -> np.ndarray:
+    """The sorted image ids chosen as labelled from the unique ids in ``image_ids``: a
+    ``cfg.seed``-seeded sample of ``max(1, round(cfg.labeled_ratio * n))`` images. The
+    partition draws its labelled images with it, and tuned_fusion its held-out ones."""
+    unique = np.unique(image_ids)
+    n_labeled = min(len(unique), max(1, round(cfg.labeled_ratio * len(unique))))
+    rng = np.random.default_rng(cfg.seed)
+    return np.sort(rng.choice(unique, size=n_labeled, replace=False))
 
 
 def select_pairs(manifest: pa.Table, split: str, partition: pa.Table | None = None) -> pa.Table:

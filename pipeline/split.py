@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import SplitConfig
-from pipeline.contract import ROLE_SPLITS
+from pipeline.contract import ROLE_SPLITS, labeled_images
 from pipeline.tables import write_table_atomic
 
 PARTITION_SCHEMA = pa.schema([("sample_id", pa.string()), ("role", pa.string())])
@@ -28,14 +28,6 @@ class RoleCounts:
     images: int
     refs: int
     pairs: int
-
-
-def labeled_images(image_ids: np.ndarray, cfg: SplitConfig) -> np.ndarray:
-    """The sorted image ids chosen as labelled from the unique ids in ``image_ids``."""
-    unique = np.unique(image_ids)
-    n_labeled = min(len(unique), max(1, round(cfg.labeled_ratio * len(unique))))
-    rng = np.random.default_rng(cfg.seed)
-    return np.sort(rng.choice(unique, size=n_labeled, replace=False))
 
 
 def partition(manifest: pa.Table, cfg: SplitConfig) -> pa.Table:

@@ -118,8 +118,8 @@ def labelled_images(folder: Path) -> set[int]:
 
 def test_partition_at_a_budget_is_the_pipelines_draw(ablation, trainer_workspace, tmp_path):
     from pipeline.config import SplitConfig
+    from pipeline.contract import labeled_images
     from pipeline.datasets.manifest import read_manifest
-    from pipeline.split import labeled_images
 
     data = linked_data(tmp_path, trainer_workspace)
     manifest = read_manifest(data / "manifests" / "samples.parquet")
