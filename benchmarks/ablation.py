@@ -75,13 +75,16 @@ every train pair labelled, and so does each label budget). Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -262,17 +265,33 @@ def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 
     else:
         name = f"manifests_budget{labels:g}_seed{split_seed}"
     folder = data / name
-    source = data / "manifests"
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = folder / "samples.parquet"
-    if not samples.exists():
-        samples.symlink_to(source / "samples.parquet")
-    partition = folder / "partition.parquet"
-    if partition.exists():
+    if (folder / "partition.parquet").exists():
         return folder
+    # Built in a private folder and renamed into place: invocations side by side (the
+    # documented way to use both cores) may ask for the same budget at the same moment.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=data))
+    try:
+        fill_manifests_folder(staging, (data / "manifests").resolve(), labels, split_seed)
+        if folder.exists() and not (folder / "partition.parquet").exists():
+            shutil.rmtree(folder)  # left half-made by an older version of this function
+        # Another invocation may have renamed its own in first: the same tables.
+        with contextlib.suppress(OSError):
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def fill_manifests_folder(
+    folder: Path, source: Path, labels: float | None, split_seed: int
+) -> None:
+    """Put :func:`manifests_folder`'s two files in ``folder``: links into ``source`` (an
+    absolute manifests folder) and, where it differs from the source's, a partition file."""
+    (folder / "samples.parquet").symlink_to(source / "samples.parquet")
+    partition = folder / "partition.parquet"
     if labels is None:
         partition.symlink_to(source / "partition.parquet")
-        return folder
+        return
     import pyarrow as pa
 
     from pipeline.config import SplitConfig
@@ -288,9 +307,8 @@ def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 
         part = split_partition(read_manifest(source / "samples.parquet"), cfg)
         if part.equals(own):
             partition.symlink_to(source / "partition.parquet")
-            return folder
+            return
     write_partition(part, partition)
-    return folder
 
 
 def label_counts(manifests: Path) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 from dataclasses import replace
@@ -135,12 +136,29 @@ def test_partition_at_a_budget_is_the_pipelines_draw(ablation, trainer_workspace
     assert counts["labeled_pairs"] + counts["unlabeled_pairs"] == len(train_ids)
     # The workspace's own ratio (split.labeled_ratio 0.25) at the same seed: its own file.
     own = data / "manifests" / "partition.parquet"
-    assert (ablation.manifests_folder(data, 25, 22) / "partition.parquet").readlink() == own
+    link = ablation.manifests_folder(data, 25, 22) / "partition.parquet"
+    assert link.is_symlink() and link.resolve() == own.resolve()
     other_seed = ablation.manifests_folder(data, 25, 23) / "partition.parquet"
     assert not other_seed.is_symlink() and labelled_images(other_seed.parent) != labelled_images(
         own.parent
     )
     assert labelled_images(ablation.manifests_folder(data, 100)) == set(train_ids.tolist())
+
+
+def test_budget_folders_asked_for_at_once_are_built_once(ablation, trainer_workspace, tmp_path):
+    """Invocations side by side may ask for one budget's folder at the same moment: each gets
+    the complete folder, built privately and renamed into place; a relative data path still
+    gives links that resolve."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = Path(os.path.relpath(linked_data(tmp_path, trainer_workspace)))
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: ablation.manifests_folder(data, 10, 22), range(4)))
+    assert len(set(folders)) == 1
+    expected = labelled_images(ablation.manifests_folder(data.resolve(), 10, 22))
+    assert labelled_images(folders[0]) == expected and len(expected) == 2
+    assert (folders[0] / "samples.parquet").resolve().is_file()
+    assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def budget_setup(ablation, workspace: Path, data: Path, labels: float) -> object:
