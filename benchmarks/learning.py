@@ -128,15 +128,9 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
         if (attribute & sel).any()
     }
     # Text swap: the first two refs of each image with two or more, one expression each.
-    first_row: dict[tuple[int, int], int] = {}
-    for i, (image, ref) in enumerate(zip(val["image_id"], val["ref_id"], strict=True)):
-        first_row.setdefault((image, ref), i)
-    by_image: dict[int, list[int]] = {}
-    for (image, _), i in first_row.items():
-        by_image.setdefault(image, []).append(i)
     moves, own = [], []
-    for rows_of_image in by_image.values():
-        for a, b in itertools.combinations(rows_of_image[:2], 2):
+    for refs in rows_by_image_and_ref(val):
+        for a, b in itertools.combinations([rows[0] for rows in refs[:2]], 2):
             pa, pb = preds[a], preds[b]
             moves.append(1 - (pa & pb).sum().item() / max(1, (pa | pb).sum().item()))
             for p, mine, other in ((pa, gts[a], gts[b]), (pb, gts[b], gts[a])):

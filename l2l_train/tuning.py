@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from l2l_train.pairs import normalize_images
 from l2l_train.runtime import autocast
 from pipeline.config import SplitConfig
+from pipeline.contract import intersection_union as count_intersection_union
 from pipeline.contract import labeled_images
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,8 @@ def fusion_counts(p_w: Tensor, q: Tensor, gt: Tensor, alphas: Tensor) -> Tensor:
         raise ValueError(f"gt: expected {(p_w.shape[0], *p_w.shape[2:])}, got {tuple(gt.shape)}")
     a = alphas.to(device=p_w.device, dtype=torch.float64).view(-1, 1, 1, 1)  # (A, 1, 1, 1)
     fused = a * p_w[:, 0].double() + (1.0 - a) * q[:, 0].double()  # (A, B, H, W)
-    pred, truth = fused >= 0.5, gt.bool()
-    inter = (pred & truth).flatten(1).sum(1)
-    union = (pred | truth).flatten(1).sum(1)
-    return torch.stack([inter, union], dim=1).double()
+    inter, union = count_intersection_union(fused >= 0.5, gt.bool())  # (A, B) each
+    return torch.stack([inter.sum(1), union.sum(1)], dim=1).double()
 
 
 def best_alpha(counts: Tensor, alphas: Tensor) -> float:
