@@ -571,7 +571,7 @@ def label_budget_payload(
     """``label_budget.json``: per method (row), its points at each finished budget."""
     return {
         "benchmark": "label_budget",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": machine(),
         "budget": asdict(budget),  # the training budget, the same at every label budget
         "data": data,
         "split_seed": split_seed,
@@ -640,9 +640,7 @@ def draw_label_budget(payload: dict[str, Any], path: Path) -> Path:
 
 def write_label_budget(out: Path, payload: dict[str, Any]) -> None:
     """``out`` (JSON), the table beside it (``.md``) and the figure (``.png``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    out.with_suffix(".md").write_text(label_budget_table(payload) + "\n")
+    write_payload(out, payload, label_budget_table(payload))
     draw_label_budget(payload, out.with_suffix(".png"))
 
 
@@ -791,18 +789,28 @@ def sweep_label_budgets(args: argparse.Namespace, setup: Setup, rows: list[Row],
     print(label_budget_table(payload))
 
 
-def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -> None:
+def machine() -> str:
+    """The machine line of a result file."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def write_payload(out: Path, payload: dict[str, Any], table: str) -> None:
+    """``out`` (JSON) and its markdown table beside it (``.md``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table + "\n")
+
+
+def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -> None:
     payload = {
         "benchmark": "ablation",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": machine(),
         "budget": asdict(budget),
         "data": data,  # the data folder, or the benchmark dataset's data.synthetic keys
         "paper": {"val_oIoU": PAPER_VAL_OIOU, "figure9": PAPER_FIG9},
         "rows": summaries,
     }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown_table(summaries) + "\n")
+    write_payload(out, payload, markdown_table(summaries))
 
 
 if __name__ == "__main__":
