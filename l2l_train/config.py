@@ -16,19 +16,20 @@ from pipeline.schema import ConfigError, bounded, runtime_only
 @dataclass(frozen=True)
 class VisualConfig:
     """Hierarchical visual encoder, four stages: transformers' Swin (``kind: swin``, what real
-    runs load) or a small ResNet of torchvision blocks (``kind: resnet``, random init only:
-    it learns the embedded data faster per CPU-second).
+    runs load) or a small ResNet of torchvision blocks (``kind: resnet``: it learns the
+    embedded data faster per CPU-second).
 
-    With ``path`` set (Swin only), the architecture comes from that folder's ``config.json``
-    (e.g. ImageNet-22k Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12) and the
-    structure fields below are ignored; ``drop_path_rate`` applies either way. ``depths`` are
+    ``path``, Swin: a local folder whose ``config.json`` gives the architecture (e.g.
+    ImageNet-22k Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12; the structure
+    fields below are then ignored; ``drop_path_rate`` applies either way). ResNet: a file
+    written by ``l2l-train pretrain`` (built with the same fields). None: random init. ``depths`` are
     blocks per stage for either kind; ``num_heads`` sizes the prior cross-attention (and
     Swin's own attention); ``patch_size`` is the first grid's cell for either (the ResNet's
     stem stride: 1, 2 or 4); ``window_size`` and ``drop_path_rate`` are Swin's.
     """
 
     kind: Literal["swin", "resnet"] = "swin"
-    path: str | None = None  # local folder with Swin weights; None builds from the fields below
+    path: str | None = None  # Swin folder or pretrained ResNet file; None: random init
     embed_dim: int = bounded(32, 8)  # stage i has embed_dim * 2**i channels
     depths: tuple[int, ...] = (1, 1, 2, 1)
     num_heads: tuple[int, ...] = (1, 2, 4, 8)
@@ -37,8 +38,6 @@ class VisualConfig:
     drop_path_rate: float = bounded(0.0, 0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.kind == "resnet" and self.path is not None:
-            raise ConfigError("path: the resnet encoder is built from the fields, set kind: swin")
         if len(self.depths) != 4 or len(self.num_heads) != 4:
             raise ConfigError(
                 f"depths and num_heads must list 4 stages, got {self.depths} and {self.num_heads}"
@@ -385,6 +384,23 @@ class FiguresConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """``l2l-train pretrain`` (``l2l_train.pretrain``): dense shape and colour parsing of
+    fresh synthetic scenes, the embedded ResNet's stand-in for ImageNet pretraining."""
+
+    out: str = "data/pretrained/resnet_synthetic.pt"  # what model.visual.path loads
+    scenes: int = bounded(8000, 1)  # scenes of the pretrain stream (disjoint from every split)
+    eval_scenes: int = bounded(200, 1)  # the next scenes of the stream: held-out accuracy
+    steps: int = bounded(2000, 1)
+    batch_size: int = bounded(32, 1)
+    image_size: int = bounded(64, 32)  # the trainer's train.image_size
+    lr: float = bounded(1e-3, 0.0, lo_open=True)  # AdamW, poly schedule
+    weight_decay: float = bounded(0.01, 0.0)
+    poly_power: float = bounded(0.9, 0.0)
+    seed: int = bounded(0, 0)
+
+
+@dataclass(frozen=True)
 class TrainerParams(PipelineConfig):
     """The whole ``params.yaml`` as the trainer sees it: the pipeline's sections and its own."""
 
@@ -392,6 +408,7 @@ class TrainerParams(PipelineConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     figures: FiguresConfig = field(default_factory=FiguresConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def __post_init__(self) -> None:
         check_eval_splits(self.eval, self.data)

@@ -66,7 +66,8 @@ def resize_image(image: np.ndarray, size: int) -> Tensor:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> Tensor:
-    """Nearest resize of a binary mask to the square input frame, so labels stay {0, 1}.
+    """Nearest resize of a binary mask (or a map of category ids) to the square input frame,
+    so labels stay labels.
 
     Shapes: mask (H, W) uint8. Returns: (size, size) uint8.
     """

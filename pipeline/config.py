@@ -330,6 +330,7 @@ PARAMS_SECTIONS: dict[str, str] = {
     "train": "l2l_train",
     "eval": "l2l_train",
     "figures": "l2l_train",
+    "pretrain": "l2l_train",
 }
 
 

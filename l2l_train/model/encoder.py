@@ -22,7 +22,11 @@ from torch import nn
 
 from l2l_train.config import VisualConfig
 from l2l_train.model.decoder import group_norm
-from l2l_train.model.pretrained import from_pretrained_strict, local_model_folder
+from l2l_train.model.pretrained import (
+    from_pretrained_strict,
+    load_resnet_weights,
+    local_model_folder,
+)
 
 # A Swin checkpoint from an ImageNet classifier carries its head; the encoder has no use for it.
 _UNUSED_SWIN_KEYS = ("classifier.",)
@@ -172,11 +176,14 @@ def swin_config_from_params(cfg: VisualConfig) -> Any:
 def build_visual_encoder(
     cfg: VisualConfig, *, load_weights: bool = True
 ) -> SwinStages | ResNetStages:
-    """The ResNet (``kind: resnet``), or Swin from ``cfg.path`` (weights loaded strictly
-    unless ``load_weights`` is false, e.g. before restoring a whole-model checkpoint) or, with
-    no path, from the params."""
+    """The ResNet (``kind: resnet``) or Swin, from ``cfg.path`` (a pretrained ResNet file or a
+    Swin folder; weights loaded strictly unless ``load_weights`` is false, e.g. before
+    restoring a whole-model checkpoint) or, with no path, from the params at random init."""
     if cfg.kind == "resnet":
-        return ResNetStages(cfg)
+        encoder = ResNetStages(cfg)
+        if cfg.path is not None and load_weights:
+            load_resnet_weights(encoder, cfg.path, cfg)
+        return encoder
     from transformers import SwinConfig, SwinModel
 
     if cfg.path is None:

@@ -17,6 +17,10 @@ from pipeline.config import SyntheticConfig
 from pipeline.datasets.synthetic_text import SceneObject, describe_targets
 
 SPLITS = ("train", "val", "test")
+# Scenes no split holds, for pretraining the student's encoder (l2l_train.pretrain): the same
+# world, a random stream of its own.
+PRETRAIN_STREAM = "pretrain"
+STREAMS = (*SPLITS, PRETRAIN_STREAM)
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (200, 40, 40),
@@ -52,10 +56,11 @@ class Scene:
 
 
 def scene_rng(cfg: SyntheticConfig, split: str, index: int) -> np.random.Generator:
-    """The generator that image ``index`` of ``split`` draws everything from."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown synthetic split {split!r} (expected one of {SPLITS})")
-    return np.random.default_rng([cfg.seed, SPLITS.index(split), index])
+    """The generator that image ``index`` of ``split`` (or of the pretrain stream) draws
+    everything from."""
+    if split not in STREAMS:
+        raise ValueError(f"unknown synthetic split {split!r} (expected one of {STREAMS})")
+    return np.random.default_rng([cfg.seed, STREAMS.index(split), index])
 
 
 def _unit_polygon(shape: str) -> np.ndarray:

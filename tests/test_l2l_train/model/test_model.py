@@ -497,8 +497,3 @@ def test_resnet_stem_rejects_other_patch_sizes():
 
     with pytest.raises(ValueError, match=r"patch_size.*got 3"):
         ResNetStages(VisualConfig(kind="resnet", patch_size=3))
-
-
-def test_resnet_encoder_takes_no_weights_folder():
-    with pytest.raises(ConfigError, match="resnet"):
-        VisualConfig(kind="resnet", path="weights/swin")

@@ -1,0 +1,208 @@
+"""``l2l-train pretrain``: the embedded default's stand-in for ImageNet pretraining.
+
+The paper's student starts from an ImageNet-22k Swin-B that already tells object categories
+apart; a randomly initialised encoder has to learn them from the referring loss, which on
+this machine's budget it barely does (``benchmarks/README.md``: expressions that name a shape
+score about half of those that name only a colour). So the ResNet of the embedded default is
+first trained on dense scene parsing, per pixel its shape (6 + background) and its colour
+(6 + background), over synthetic scenes drawn from the ``pretrain`` random stream of the same
+world (:data:`~pipeline.datasets.synthetic_scenes.PRETRAIN_STREAM`): no image, mask or
+expression of train, val or test, and no referring, ever enters it.
+
+Writes ``pretrain.out`` (atomically): the encoder's state dict, the ``model.visual`` fields it
+was built with and a report (held-out pixel accuracies); ``model.visual.path`` loads it
+(:func:`~l2l_train.model.pretrained.load_resnet_weights`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from l2l_train.config import PretrainConfig, TrainerParams
+from l2l_train.model.pretrained import RESNET_ARCHITECTURE, RESNET_FORMAT
+
+
+@dataclass(frozen=True)
+class ParsingSet:
+    """Scenes for dense parsing. images (N, 3, S, S) uint8; shapes, colours (N, S, S) int64,
+    0 background, ``k + 1`` for category k of SHAPES / COLORS."""
+
+    images: Tensor
+    shapes: Tensor
+    colours: Tensor
+
+
+@dataclass(frozen=True)
+class PretrainSummary:
+    steps: int
+    train_s: float
+    shape_accuracy: float  # held-out scenes, foreground pixels
+    colour_accuracy: float
+    out: Path
+
+
+def scene_label_maps(
+    labels: np.ndarray, shapes: list[str], colours: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel shape and colour categories of a scene.
+
+    Shapes: labels (H, W) int, 0 background and ``k + 1`` where object k (draw order) is
+    visible; ``shapes[k]``, ``colours[k]``: object k's names. Returns: two (H, W) int64 maps,
+    0 background, ``SHAPES.index(name) + 1`` / ``list(COLORS).index(name) + 1`` elsewhere.
+    """
+    from pipeline.datasets.synthetic_scenes import COLORS, SHAPES
+
+    shape_of = np.array([0] + [SHAPES.index(s) + 1 for s in shapes], dtype=np.int64)
+    colour_of = np.array([0] + [list(COLORS).index(c) + 1 for c in colours], dtype=np.int64)
+    return shape_of[labels], colour_of[labels]
+
+
+def render_parsing_set(params: TrainerParams, first: int, count: int, size: int) -> ParsingSet:
+    """Scenes ``first .. first + count - 1`` of the pretrain stream, at ``size`` px (images
+    antialiased, label maps nearest, as the trainer resizes images and masks)."""
+    from l2l_train.pairs import resize_image, resize_mask
+    from pipeline.datasets.synthetic_scenes import PRETRAIN_STREAM, generate_scene
+
+    images, shapes, colours = [], [], []
+    for index in range(first, first + count):
+        scene = generate_scene(params.data.synthetic, PRETRAIN_STREAM, index)
+        shape_map, colour_map = scene_label_maps(
+            scene.labels, [o.shape for o in scene.objects], [o.color for o in scene.objects]
+        )
+        images.append(resize_image(scene.image, size))
+        shapes.append(resize_mask(shape_map.astype(np.uint8), size).long())
+        colours.append(resize_mask(colour_map.astype(np.uint8), size).long())
+    return ParsingSet(torch.stack(images), torch.stack(shapes), torch.stack(colours))
+
+
+class ParsingHead(nn.Module):
+    """One 1x1 classifier per encoder stage, upsampled to the input and summed (a linear probe
+    of every stage, so each one has to carry the categories).
+
+    Shapes: maps, stage i (B, dims[i], h_i, w_i). Returns: (B, 2 * classes, H, W), shape
+    logits first, then colour logits.
+    """
+
+    def __init__(self, dims: tuple[int, ...], classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+        self.probes = nn.ModuleList(nn.Conv2d(dim, 2 * classes, kernel_size=1) for dim in dims)
+
+    def forward(self, maps: list[Tensor], size: tuple[int, int]) -> Tensor:
+        return sum(
+            F.interpolate(probe(m), size=size, mode="bilinear", align_corners=False)
+            for probe, m in zip(self.probes, maps, strict=True)
+        )
+
+
+def parsing_loss(logits: Tensor, shapes: Tensor, colours: Tensor) -> Tensor:
+    """Mean of the shape and colour cross-entropies over all pixels.
+
+    Shapes: logits (B, 2C, H, W) as :class:`ParsingHead` returns; shapes, colours (B, H, W)
+    int64 in [0, C). Returns: a scalar.
+    """
+    classes = logits.shape[1] // 2
+    return 0.5 * (
+        F.cross_entropy(logits[:, :classes], shapes) + F.cross_entropy(logits[:, classes:], colours)
+    )
+
+
+def foreground_accuracy(logits: Tensor, target: Tensor) -> float:
+    """Fraction of foreground pixels (target > 0) whose argmax class is right.
+
+    Shapes: logits (B, C, H, W), target (B, H, W) int64."""
+    foreground = target > 0
+    return float((logits.argmax(1)[foreground] == target[foreground]).float().mean())
+
+
+def _no_condition(stage: int, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    return tokens
+
+
+def _accuracies(encoder: nn.Module, head: ParsingHead, data: ParsingSet) -> tuple[float, float]:
+    from l2l_train.pairs import normalize_images
+
+    encoder.eval()
+    with torch.no_grad():
+        maps = encoder(normalize_images(data.images), _no_condition)
+        logits = head(maps, tuple(data.images.shape[-2:]))
+    encoder.train()
+    return (
+        foreground_accuracy(logits[:, : head.classes], data.shapes),
+        foreground_accuracy(logits[:, head.classes :], data.colours),
+    )
+
+
+def run_pretraining(
+    params: TrainerParams, on_step: Callable[[int, int, float], None] | None = None
+) -> PretrainSummary:
+    """Train ``model.visual`` (kind resnet) on dense parsing and write ``pretrain.out``.
+    ``on_step(step, total, loss)`` after every step. Deterministic for a given thread count."""
+    from l2l_train.checkpoint import save_checkpoint
+    from l2l_train.model.encoder import ResNetStages
+    from l2l_train.pairs import normalize_images
+    from pipeline.datasets.synthetic_scenes import COLORS, SHAPES
+
+    cfg: PretrainConfig = params.pretrain
+    visual = params.model.visual
+    if visual.kind != "resnet":
+        raise ValueError(
+            f"model.visual.kind: pretrain trains the resnet encoder, got {visual.kind!r} "
+            "(a Swin loads its ImageNet weights from model.visual.path)"
+        )
+    torch.manual_seed(cfg.seed)
+    train = render_parsing_set(params, 0, cfg.scenes, cfg.image_size)
+    held_out = render_parsing_set(params, cfg.scenes, cfg.eval_scenes, cfg.image_size)
+    encoder = ResNetStages(visual).train()
+    head = ParsingHead(encoder.dims, classes=1 + max(len(SHAPES), len(COLORS)))
+    weights = [*encoder.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    poly = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (1 - step / cfg.steps) ** cfg.poly_power
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    size = (cfg.image_size, cfg.image_size)
+    tick = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        rows = torch.randint(len(train.images), (cfg.batch_size,), generator=generator)
+        # Horizontal flips: a shape's category does not depend on its side.
+        flip = (torch.rand(cfg.batch_size, generator=generator) < 0.5)[:, None, None]
+        images = torch.where(flip[..., None], train.images[rows].flip(-1), train.images[rows])
+        shapes = torch.where(flip, train.shapes[rows].flip(-1), train.shapes[rows])
+        colours = torch.where(flip, train.colours[rows].flip(-1), train.colours[rows])
+        logits = head(encoder(normalize_images(images), _no_condition), size)
+        loss = parsing_loss(logits, shapes, colours)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        poly.step()
+        if on_step is not None:
+            on_step(step, cfg.steps, loss.item())
+    train_s = time.perf_counter() - tick
+    shape_accuracy, colour_accuracy = _accuracies(encoder, head, held_out)
+    report = {
+        "steps": cfg.steps,
+        "train_s": train_s,
+        "threads": torch.get_num_threads(),
+        "held_out_scenes": cfg.eval_scenes,
+        "shape_accuracy": shape_accuracy,
+        "colour_accuracy": colour_accuracy,
+    }
+    save_checkpoint(
+        cfg.out,
+        {
+            "format": RESNET_FORMAT,
+            "visual": {name: getattr(visual, name) for name in RESNET_ARCHITECTURE},
+            "state_dict": encoder.state_dict(),
+            "report": report,
+        },
+    )
+    return PretrainSummary(cfg.steps, train_s, shape_accuracy, colour_accuracy, Path(cfg.out))
