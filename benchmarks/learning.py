@@ -18,6 +18,10 @@ can, and reports at every ``--eval-every`` steps:
   changes nothing); ``own_target``: fraction of predictions closer (IoU) to their own
   expression's object than to the other's.
 
+``--target teacher``: every training pair's mask is replaced by its teacher prior binarised at
+0.5 (pairs the teacher missed are dropped): how far the teacher's labels, used as plain
+supervision with no SPM, RPLE or weak/strong views, take the same student.
+
 ``--prior teacher``: a model handed the teacher prior (labelled pairs with their prior, prior
 dropout ``train.prior_dropout``), scored with and without it: the ceiling of the prior path.
 Writes ``benchmarks/results/learning[_<tag>].json``. Data: ``--data`` (a pipeline data folder
@@ -150,6 +154,15 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
     }
 
 
+def teacher_labelled(data: dict[str, Any]) -> dict[str, Any]:
+    """``data``'s pairs that have a teacher prior, with the prior binarised at 0.5 as the mask
+    (in the input frame; ``mask_original`` is left as it was: training does not read it)."""
+    keep = data["prior_present"].nonzero().flatten().tolist()
+    out = {k: [v[i] for i in keep] if isinstance(v, list) else v[keep] for k, v in data.items()}
+    out["mask"] = (out["prior"][:, 0] >= 0.5).to(out["mask"].dtype)
+    return out
+
+
 def rows_by_image_and_ref(data: dict[str, Any]) -> list[list[list[int]]]:
     """Per image, per referred object, the rows of its expressions."""
     groups: dict[int, dict[int, list[int]]] = {}
@@ -191,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--prior", choices=("none", "teacher"), default="none")
+    parser.add_argument(
+        "--target",
+        choices=("gt", "teacher"),
+        default="gt",
+        help="training masks: ground truth, or the teacher prior binarised at 0.5",
+    )
     parser.add_argument("--model", type=yaml.safe_load, default={}, help="model.* overrides")
     parser.add_argument("--train", type=yaml.safe_load, default={}, help="train.* overrides")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -236,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
             k: v + unlabeled[k] if isinstance(v, list) else torch.cat([v, unlabeled[k]])
             for k, v in train.items()
         }
+    if args.target == "teacher":
+        train = teacher_labelled(train)
     val = load_split(params, params.eval.val_split, args.image_size, store)
     load_s = time.perf_counter() - tick
 

@@ -52,3 +52,18 @@ def test_same_image_rows_draw_different_referents_of_one_image(learning):
             assert data["image_id"][a] == data["image_id"][b]
             if data["image_id"][a] != 5:  # image 5 has one referent: it repeats
                 assert data["ref_id"][a] != data["ref_id"][b]
+
+
+def test_teacher_labelled_binarises_the_prior_and_drops_teacher_misses(learning):
+    import torch
+
+    data = {
+        "prior": torch.tensor([[[[0.2, 0.7]]], [[[0.9, 0.5]]], [[[1.0, 1.0]]]]),
+        "prior_present": torch.tensor([True, True, False]),
+        "mask": torch.zeros(3, 1, 2, dtype=torch.uint8),
+        "expression": ["a", "b", "c"],
+    }
+    out = learning.teacher_labelled(data)
+    assert out["expression"] == ["a", "b"]
+    assert out["mask"].tolist() == [[[0, 1]], [[1, 1]]]  # 0.5 counts as foreground
+    assert out["mask"].dtype == torch.uint8
