@@ -46,6 +46,19 @@ def _load(params: Path) -> TrainerParams:
     return load_params(params, load_trainer_params)
 
 
+def _bar_columns(label: str, status: str) -> tuple:
+    """A training progress bar's columns: ``label``, bar, steps done, ``status`` (rich
+    format strings over the task's fields), elapsed and remaining time."""
+    return (
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(status),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
 def _print_table(title: str, rows: list[tuple[str, object]]) -> None:
     table = Table(title=title)
     table.add_column("")
@@ -86,13 +99,9 @@ def run(
     from l2l_train.loop import StepInfo, run_training
 
     cfg = _load(params)
-    columns = (
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+    columns = _bar_columns(
+        "epoch {task.fields[epoch]}",
+        "loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s",
     )
     with Progress(*columns, console=console, disable=not _is_main_rank()) as bar:
         task = bar.add_task("train", total=None, epoch=0, loss=float("nan"), speed=0.0)
@@ -142,15 +151,9 @@ def pretrain(params: ParamsOption = Path("params.yaml")) -> None:
     from l2l_train.pretrain import run_pretraining
 
     cfg = _load(params)
-    columns = (
-        TextColumn("pretrain"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
+    with Progress(
+        *_bar_columns("pretrain", "loss {task.fields[loss]:.4f}"), console=console
+    ) as bar:
         task = bar.add_task("pretrain", total=cfg.pretrain.steps, loss=float("nan"))
 
         def on_step(step: int, total: int, loss: float) -> None:
