@@ -22,8 +22,8 @@ class VisualConfig:
     ``path``, Swin: a local folder whose ``config.json`` gives the architecture (e.g.
     ImageNet-22k Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12; the structure
     fields below are then ignored; ``drop_path_rate`` applies either way). ResNet: a file
-    written by ``l2l-train pretrain`` (built with the same fields). None: random init. ``depths`` are
-    blocks per stage for either kind; ``num_heads`` sizes the prior cross-attention (and
+    written by ``l2l-train pretrain`` (built with the same fields). None: random init.
+    ``depths`` are blocks per stage for either kind; ``num_heads`` sizes the prior cross-attention (and
     Swin's own attention); ``patch_size`` is the first grid's cell for either (the ResNet's
     stem stride: 1, 2 or 4); ``window_size`` and ``drop_path_rate`` are Swin's.
     """
