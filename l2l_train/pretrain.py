@@ -151,6 +151,7 @@ def run_pretraining(
     from l2l_train.checkpoint import save_checkpoint
     from l2l_train.model.encoder import ResNetStages
     from l2l_train.pairs import normalize_images
+    from l2l_train.trainer import poly_factor
     from pipeline.datasets.synthetic_scenes import COLORS, SHAPES
 
     cfg: PretrainConfig = params.pretrain
@@ -168,7 +169,7 @@ def run_pretraining(
     weights = [*encoder.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=cfg.weight_decay)
     poly = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (1 - step / cfg.steps) ** cfg.poly_power
+        optimizer, lambda step: poly_factor(step, cfg.steps, cfg.poly_power)
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     size = (cfg.image_size, cfg.image_size)
