@@ -404,7 +404,10 @@ def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
     }
     params["model"] = _merge(params.get("model", {}), row.model)
     params["model"].setdefault("sesm", {})["enabled"] = row.sesm
-    params["train"] = _merge(params.get("train", {}), row.train) | asdict(budget) | {"seed": seed}
+    # One rank per run, so a step's batch is the budget's (params.yaml's train.processes would
+    # multiply it); two invocations side by side use two cores.
+    params["train"] = _merge(params.get("train", {}), row.train) | asdict(budget)
+    params["train"] |= {"seed": seed, "processes": 1}
     # Validate every epoch (the curve shows whether the row has flattened); the last epoch's
     # score is the row's val figure, so `eval` only has the test split left to score.
     params.setdefault("eval", {})["every_epochs"] = 1

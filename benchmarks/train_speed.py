@@ -129,7 +129,8 @@ def workspace_overrides(
     }
     params["priors"] = {**params.get("priors", {}), "teacher": "simulated", "splits": ["unlabeled"]}
     params["eval"] = {**params.get("eval", {}), "prior": "none"}
-    train = {**params.get("train", {}), "device": device.type}
+    # One process: the arms time a step in this process (train.processes would ask for ranks).
+    train = {**params.get("train", {}), "device": device.type, "processes": 1}
     if num_workers is not None:
         train["num_workers"] = num_workers
     if full:

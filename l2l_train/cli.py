@@ -3,8 +3,8 @@
 Each command parses its options, loads ``params.yaml`` and calls one function
 (:func:`~l2l_train.loop.run_training`, :func:`~l2l_train.evaluate.run_eval`,
 :class:`~l2l_train.predict.Predictor`), so everything here can also be called from Python.
-``l2l-train run`` works the same under ``torchrun --nproc-per-node K`` (one rank per process;
-rank 0 prints and writes).
+``l2l-train run`` starts ``train.processes`` DDP ranks itself (under torchrun), and works the
+same when a launcher started it as one of K (one rank per process; rank 0 prints and writes).
 """
 
 from __future__ import annotations
@@ -93,12 +93,19 @@ def run(
 
     Writes checkpoints to paths.models (latest.pt each epoch and every
     train.checkpoint_every_steps, best.pt by validation oIoU) and per-epoch metrics to
-    paths.metrics/train (dvclive). Resumes from latest.pt when its params match.
+    paths.metrics/train (dvclive). Resumes from latest.pt when its params match. With
+    train.processes > 1 it runs as that many DDP ranks (torchrun), rank 0 printing.
     """
     from l2l_train.checkpoint import CheckpointWriteError, ConfigMismatchError
     from l2l_train.loop import StepInfo, run_training
 
     cfg = _load(params)
+    if cfg.train.processes > 1 and "WORLD_SIZE" not in os.environ:
+        from l2l_train.runtime import torchrun_command
+
+        flags = ["--restart"] * restart + ["--restart-if-stale"] * restart_if_stale
+        argv, env = torchrun_command(cfg.train.processes, ["run", "--params", str(params), *flags])
+        os.execve(argv[0], argv, env)  # this process becomes torchrun: signals reach every rank
     columns = _bar_columns(
         "epoch {task.fields[epoch]}",
         "loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s",

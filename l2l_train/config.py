@@ -334,6 +334,10 @@ class TrainConfig:
     # Per process (under torchrun each rank takes its own batches of these sizes).
     batch_size_x: int = bounded(4, 1)  # labelled pairs per step
     batch_size_u: int = bounded(8, 1)  # unlabelled pairs per step
+    # DDP ranks, each taking its own batches, so a step sees processes x the sizes above: part
+    # of the recipe. `l2l-train run` starts them on this machine (re-executing itself under
+    # torchrun); a launcher of its own (several nodes) must start exactly this many.
+    processes: int = bounded(1, 1, 1024)
     # null: one pass over the refs that drive the epoch (unlabelled for the semi-supervised
     # methods, labelled for `supervised`), one sentence drawn per ref and visit; a number
     # fixes the steps per epoch (the samplers are endless streams, so any number works).

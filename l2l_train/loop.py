@@ -207,19 +207,10 @@ class Run:
         self.trainer.load_state_dict(ckpt)
         self.progress = RunState(**ckpt["progress"])
         self.resumed_from = self.progress.step
-        rank_states = ckpt["rank_states"]
-        if len(rank_states) == self.rt.world:
-            self._rank_state = rank_states[self.rt.rank]
-            self.trainer.student.set_rng_state(self._rank_state["trainer_rng"])
-            self.stats.load_state(self._rank_state["epoch_stats"])
-        else:
-            log.warning(
-                "resuming %d ranks from a checkpoint of %d: random streams are reseeded and "
-                "the interrupted epoch's training metrics restart",
-                self.rt.world,
-                len(rank_states),
-            )
-            torch.manual_seed(derive_seed(self.cfg.seed, self.rt.rank, 6, self.progress.step))
+        # One state per rank: the params match, and train.processes is the world size.
+        self._rank_state = ckpt["rank_states"][self.rt.rank]
+        self.trainer.student.set_rng_state(self._rank_state["trainer_rng"])
+        self.stats.load_state(self._rank_state["epoch_stats"])
         if self.rt.is_main:
             log.info(
                 "resuming from %s at step %d/%d (epoch %d): its config matches",

@@ -9,6 +9,8 @@ stays identical without broadcasting weights. Rank 0 alone logs and writes check
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,15 +55,42 @@ class Runtime:
 
 def start_runtime(cfg: TrainConfig) -> Runtime:
     """The device for this process and, under torchrun (``WORLD_SIZE`` > 1), the process
-    group: nccl on GPUs, gloo on CPUs."""
+    group: nccl on GPUs, gloo on CPUs. The world must be ``cfg.processes`` ranks."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
+    if world != cfg.processes:
+        raise ValueError(
+            f"train.processes is {cfg.processes} but this process is one of {world} ranks "
+            f"(WORLD_SIZE): run `l2l-train run`, which starts train.processes ranks itself, "
+            f"or set train.processes: {world}"
+        )
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(device=device, rank=rank, world=world, amp=cfg.amp and device.type == "cuda")
+
+
+def torchrun_command(processes: int, args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run ``python -m l2l_train.cli *args`` as ``processes`` DDP
+    ranks on this machine (torchrun, standalone rendezvous on a free port). Each rank gets
+    an equal share of the cores this process may use as its thread count, unless
+    ``OMP_NUM_THREADS`` is set: at the embedded model's size a second thread speeds a step
+    far less than a second rank does."""
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "l2l_train.cli",
+        *args,
+    ]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // processes)))
+    return argv, env
 
 
 def stop_runtime(rt: Runtime) -> None:

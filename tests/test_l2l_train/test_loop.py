@@ -295,7 +295,7 @@ def test_config_mismatch_names_keys_and_restart_trains_anew(trainer_workspace, t
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_keeps_models_and_agents_identical(trainer_workspace, tmp_path):
-    params = variant(trainer_workspace, tmp_path, train={"steps_per_epoch": 3})
+    params = variant(trainer_workspace, tmp_path, train={"steps_per_epoch": 3, "processes": 2})
     mp.spawn(ddp_train_worker, args=(str(params), free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert rank0["steps"] == rank1["steps"] == 3

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_injection import cli_env, train_cli
 from PIL import Image
 from trainer_workspace import params_dict, variant, write_params
 from typer.testing import CliRunner
@@ -36,6 +38,50 @@ def trained(trainer_workspace, tmp_path_factory) -> Path:
 
 def models(params: Path) -> Path:
     return Path(params_dict(params)["paths"]["models"])
+
+
+def test_torchrun_command_runs_the_cli_as_ranks_with_a_share_of_the_cores(monkeypatch):
+    import os
+    import sys
+
+    from l2l_train.runtime import torchrun_command
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    argv, env = torchrun_command(2, ["run", "--params", "p.yaml"])
+    assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=2" in argv and "--standalone" in argv
+    assert argv[-5:] == ["-m", "l2l_train.cli", "run", "--params", "p.yaml"]
+    assert env["OMP_NUM_THREADS"] == "2"  # 5 cores // 2 ranks
+    assert torchrun_command(8, [])[1]["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stays
+    assert torchrun_command(2, [])[1]["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_world_other_than_train_processes_is_refused(monkeypatch):
+    from l2l_train.config import TrainConfig
+    from l2l_train.runtime import start_runtime
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError) as err:
+        start_runtime(TrainConfig(processes=2, device="cpu"))
+    assert "train.processes is 2 but this process is one of 4 ranks" in str(err.value)
+    assert "set train.processes: 4" in str(err.value)
+
+
+@pytest.mark.slow
+def test_run_with_two_processes_trains_as_two_ddp_ranks(trainer_workspace, tmp_path):
+    from l2l_train.checkpoint import load_checkpoint
+
+    params = variant(trainer_workspace, tmp_path, train={"processes": 2})
+    done = subprocess.run(
+        train_cli("run", "--params", str(params)), capture_output=True, text=True, env=cli_env()
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    latest = load_checkpoint(models(params) / "latest.pt")
+    assert len(latest["rank_states"]) == 2  # each rank's random streams, saved by rank 0
+    assert latest["progress"]["visits_u"] == 2 * latest["step"] * 2  # 2 ranks x batch 2
+    assert done.stdout.count("best val oIoU") == 1  # rank 0 alone prints
 
 
 @pytest.mark.slow

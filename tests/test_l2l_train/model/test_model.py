@@ -455,6 +455,15 @@ def test_cached_words_give_the_token_forward(tiny_text_folder: Path, sesm_model)
     torch.testing.assert_close(from_words, from_ids)
 
 
+def test_padding_columns_past_the_longest_text_change_no_logit(sesm_model):
+    """What evaluation relies on when it cuts a batch's token columns to its longest text."""
+    images, input_ids, attention_mask, prior = inputs()  # 5 real tokens of 8
+    with torch.no_grad():
+        padded = sesm_model(images, input_ids, attention_mask, prior)
+        cut = sesm_model(images, input_ids[:, :5], attention_mask[:, :5], prior)
+    torch.testing.assert_close(cut, padded)
+
+
 def test_resnet_stages_frames_and_conditioning():
     """The ResNet encoder has Swin's frames (stage i at 1/2**(i+2), embed_dim * 2**i
     channels), calls the conditioning once per stage on that grid, and the next stage is
