@@ -45,11 +45,16 @@ def arms(cores: int) -> dict[str, tuple[int, int]]:
     }
 
 
-def workspace_params(base: dict[str, Any], train_images: int) -> dict[str, Any]:
+def workspace_params(
+    base: dict[str, Any], train_images: int, num_workers: int | None
+) -> dict[str, Any]:
     """The repository's params with a smaller embedded dataset (the step does not depend on
-    its size) and the teacher's priors for every role a training step reads."""
+    its size), the teacher's priors for every role a training step reads and, when given,
+    ``num_workers`` DataLoader workers per stream and rank."""
+    train = base["train"] if num_workers is None else {**base["train"], "num_workers": num_workers}
     return {
         **base,
+        "train": train,
         "data": {
             **base["data"],
             "synthetic": {
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(folder)
         params = yaml.safe_load(
             synthetic_workspace(
-                root / "workspace", workspace_params(base, args.train_images)
+                root / "workspace", workspace_params(base, args.train_images, args.num_workers)
             ).read_text()
         )
         for round_index in range(args.rounds):
@@ -123,7 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cores": cores,
         "steps": args.steps,
         "rounds": args.rounds,
-        "per_rank_batch": [base["train"]["batch_size_x"], base["train"]["batch_size_u"]],
+        "per_rank_batch": [params["train"]["batch_size_x"], params["train"]["batch_size_u"]],
+        "num_workers": params["train"]["num_workers"],
         "samples_per_s": speeds,
         "ratio_to_reference": {name: paired_ratio(speeds[name], reference) for name in names},
         "reference": names[0],
@@ -136,6 +142,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80, help="training steps per arm run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per arm, interleaved")
     parser.add_argument("--train-images", type=int, default=120)
+    parser.add_argument("--num-workers", type=int, help="per stream and rank (default: params')")
     parser.add_argument("--out", type=Path, default=RESULTS / "processes_speed.json")
     args = parser.parse_args()
     result = run(args)

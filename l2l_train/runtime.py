@@ -77,7 +77,7 @@ def torchrun_command(processes: int, args: Sequence[str]) -> tuple[list[str], di
     ranks on this machine (torchrun, standalone rendezvous on a free port). Each rank gets
     an equal share of the cores this process may use as its thread count, unless
     ``OMP_NUM_THREADS`` is set: at the embedded model's size a second thread speeds a step
-    far less than a second rank does."""
+    less than a second rank does (``benchmarks/processes_speed.py``)."""
     argv = [
         sys.executable,
         "-m",
