@@ -92,8 +92,9 @@ def run_arm(params: dict[str, Any], folder: Path, ranks: int, threads: int, step
             env=env,
             check=False,
         )
-    if done.returncode != 0:
-        raise RuntimeError(f"{ranks} x {threads}: l2l-train run failed, see {folder / 'log.txt'}")
+    if done.returncode != 0:  # the log's folder is temporary: show its end
+        tail = (folder / "log.txt").read_text()[-3000:]
+        raise RuntimeError(f"{ranks} x {threads}: l2l-train run failed:\n{tail}")
     metrics = json.loads((folder / "metrics" / "train" / "metrics.json").read_text())
     return metrics["speed"]["samples_per_s"]
 
