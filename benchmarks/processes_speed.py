@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = describe_machine(torch.device("cpu"))
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     started = time.perf_counter()
-    names = list(arms(cores))
+    plan = arms(cores)
+    names = list(plan)
     speeds: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="processes_speed-") as folder:
         root = Path(folder)
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for round_index in range(args.rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                ranks, threads = arms(cores)[name]
+                ranks, threads = plan[name]
                 arm_folder = root / f"round{round_index}" / f"{ranks}x{threads}"
                 speeds[name].append(run_arm(params, arm_folder, ranks, threads, args.steps))
     reference = speeds[names[0]]
@@ -150,7 +152,7 @@ def main() -> None:
     write_result(args.out, result)
     print(f"{'arm':<24} {'samples/s (median)':>20} {'vs ' + result['reference']:>24}")
     for name, values in result["samples_per_s"].items():
-        median = sorted(values)[len(values) // 2]
+        median = statistics.median(values)
         print(f"{name:<24} {median:>20.1f} {result['ratio_to_reference'][name]:>24.2f}")
 
 
