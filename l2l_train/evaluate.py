@@ -28,8 +28,7 @@ from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
 from l2l_train.pairs import normalize_images, open_teacher_store, pair_source
 from l2l_train.runtime import autocast, resolve_device
-from pipeline.config import ALL_SPLITS
-from pipeline.datasets.manifest import read_manifest
+from pipeline.datasets.manifest import expand_splits
 from pipeline.schema import build_section
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,11 @@ def evaluate(
     model.eval()
     accumulator = IoUAccumulator(device=device)
     for batch in loader:
-        # Token columns past the batch's longest expression are padding for every row: the
-        # text encoder's masked attention gives real tokens the same features without them,
-        # at a fraction of the cost (expressions are ~8 of model.text.max_tokens' 20).
-        length = int(batch["attention_mask"].sum(1).max())
         with autocast(device, amp):
             logits = model(
                 normalize_images(batch["image"].to(device)),
-                batch["input_ids"][:, :length].to(device),
-                batch["attention_mask"][:, :length].to(device),
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
                 batch["prior"].to(device),
                 batch["prior_present"].to(device),
             )
@@ -90,21 +85,6 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[Segmentor, ModelConfig,
     return model, model_cfg, int(ckpt["config"]["train"]["image_size"])
 
 
-def resolve_splits(params: TrainerParams, splits: Sequence[str]) -> tuple[str, ...]:
-    """``splits`` with ``all`` (alone) replaced by every split of the prepared manifest but
-    train (RefCOCO: val, testA, testB; RefCOCOg umd: val, test), in the order of the
-    release's table (:data:`~pipeline.config.EVAL_SPLITS`), then by name."""
-    if ALL_SPLITS not in splits:
-        return tuple(splits)
-    if len(splits) > 1:
-        raise ValueError(f"split {ALL_SPLITS} already names every split, got {list(splits)}")
-    present = set(read_manifest(params.paths.samples)["split"].to_pylist()) - {"train"}
-    if not present:
-        raise ValueError(f"{params.paths.samples}: no split besides train to evaluate")
-    order = params.data.eval_splits or ()
-    return tuple(sorted(present, key=lambda s: (order.index(s) if s in order else len(order), s)))
-
-
 def run_eval(
     params: TrainerParams,
     checkpoint: str | Path,
@@ -112,12 +92,12 @@ def run_eval(
     prior: Literal["none", "teacher"],
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``splits`` (every sentence; ``all``: every evaluation split
-    of the dataset, :func:`resolve_splits`), in one process.
+    of the dataset, :func:`~pipeline.datasets.manifest.expand_splits`), in one process.
 
     Returns: ``{"checkpoint", "step", "prior", "threshold", "splits": {split: metrics}}``
     with each split's oIoU, mIoU, prec@t, ``pairs`` and ``prior_coverage``.
     """
-    splits = resolve_splits(params, splits)
+    splits = expand_splits(splits, params.paths.samples, params.data.eval_splits or ())
     device = resolve_device(params.train.device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     model, model_cfg, image_size = model_from_checkpoint(ckpt)

@@ -2,12 +2,13 @@
 
 For a labelled batch ``x`` and an unlabelled batch ``u``:
 
-1. Weak pass, no gradient: ``p_w = sigmoid(f(img_u_w))``, the model's own prediction with no
-   prior, as it is evaluated. DESIGN.md conditions it on ``q`` (``train.weak_sees_prior``):
-   on the embedded default that lifts the fused prior above the raw one but leaves the
-   prior-free student no better (``benchmarks/README.md``), so it is off by default. The model
-   stays in train mode, as in FixMatch and UniMatch, where the weak view shares the training
-   forward.
+1. Weak pass, no gradient: ``p_w = sigmoid(f(img_u_w, q))``, the model's correction of the
+   teacher prior, as DESIGN.md has it (``train.weak_sees_prior``, the default). Without the
+   prior (``weak_sees_prior: false``) ``p_w`` is the model's own prediction as it is
+   evaluated; on the embedded default that variant agrees less with the teacher, its fused
+   target falls below the raw prior and, run long, collapses (``benchmarks/README.md``). The
+   model stays in train mode, as in FixMatch and UniMatch, where the weak view shares the
+   training forward.
 2. Target ``q_hat`` by the method's target strategy
    (:data:`~l2l_train.targets.TARGET_STRATEGIES`): SPM fusion of ``p_w`` and ``q`` (l2l),
    ``alpha p_w + (1 - alpha) q`` (fixed_fusion, agreement_filter, catm: ``alpha`` 0.5;
@@ -157,9 +158,9 @@ class Student:
         q, present = batch_u["prior_u"], batch_u["prior_present_u"]
         with autocast(self.rt.device, self.rt.amp):
             text = self.text_inputs(batch_u["expr_u_w"])
-            # By default no prior in the weak pass: p_w is the model's own opinion, as it is
-            # evaluated. Conditioned on q (train.weak_sees_prior), p_w is the model's
-            # correction of the prior, and SPM fuses the prior with that.
+            # Conditioned on q (train.weak_sees_prior), p_w is the model's correction of the
+            # prior, and SPM fuses the prior with that; without it, p_w is the model's own
+            # opinion, as it is evaluated.
             prior = {"prior": q, "prior_present": present} if self.cfg.weak_sees_prior else {}
             logits_u_w = self.model(normalize_images(batch_u["img_u_w"]), **prior, **text)
         p_w = torch.sigmoid(logits_u_w.float())

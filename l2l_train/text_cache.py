@@ -55,11 +55,7 @@ class FrozenTextCache:
     def _encode(self, texts: Sequence[str]) -> list[Tensor]:
         """One encoder call: (L_i, D) features of each text's real tokens."""
         input_ids, attention_mask = self.tokenizer(texts)
-        # Padding past the longest text changes no real token's features: cut it.
-        length = int(attention_mask.sum(1).max())
-        words, word_mask = self.text(
-            input_ids[:, :length].to(self.device), attention_mask[:, :length].to(self.device)
-        )
+        words, word_mask = self.text(input_ids.to(self.device), attention_mask.to(self.device))
         return [features[mask] for features, mask in zip(words.float(), word_mask, strict=True)]
 
     def _features(self, texts: Sequence[str]) -> list[Tensor]:
@@ -89,16 +85,10 @@ def sentence_embedder(
     text: TextEncoder, tokenizer: TextTokenizer, device: torch.device
 ) -> Callable[[Sequence[str]], Tensor]:
     """Texts -> mean-pooled word features of the model's text encoder, (N, D): the sentence
-    embedding MiniLM was trained for, used to filter EDA candidates by cosine similarity.
-
-    The padding columns past the longest text are cut first: masked out, they change no
-    embedding, and short expressions padded to ``max_tokens`` would cost several times the
-    encoder passes (this filter encodes ``text_candidates + 1`` texts per unlabelled pair)."""
+    embedding MiniLM was trained for, used to filter EDA candidates by cosine similarity."""
 
     def embed(texts: Sequence[str]) -> Tensor:
         input_ids, attention_mask = tokenizer(texts)
-        length = int(attention_mask.sum(1).max())
-        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         words, word_mask = text(input_ids.to(device), attention_mask.to(device))  # (N, T, D)
         weight = word_mask.unsqueeze(-1).to(words.dtype)
         return (words * weight).sum(1) / weight.sum(1).clamp_min(1.0)

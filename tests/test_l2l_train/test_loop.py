@@ -305,21 +305,3 @@ def test_two_process_gloo_ddp_keeps_models_and_agents_identical(trainer_workspac
     assert rank0["buffer"]["state"].shape == (12, 6)
     assert torch.equal(rank0["buffer"]["state"], rank1["buffer"]["state"])
     assert (tmp_path / "models" / "latest.pt").is_file()
-
-
-def test_sentence_embedder_cuts_padding_without_changing_embeddings():
-    from l2l_train.config import TextConfig
-    from l2l_train.model import build_tokenizer
-    from l2l_train.model.text import build_text_encoder
-    from l2l_train.text_cache import sentence_embedder
-
-    cfg = TextConfig(max_tokens=20)
-    tokenizer, encoder = build_tokenizer(cfg), build_text_encoder(cfg)
-    texts = ["the red circle", "the second small blue square from the left"]
-    input_ids, attention_mask = tokenizer(texts)  # padded to 20 columns
-    words, word_mask = encoder(input_ids, attention_mask)
-    weight = word_mask.unsqueeze(-1).float()
-    padded = (words * weight).sum(1) / weight.sum(1)
-    embeddings = sentence_embedder(encoder, tokenizer, torch.device("cpu"))(texts)
-    assert embeddings.shape == (2, 384)
-    assert torch.allclose(embeddings, padded, atol=1e-5)

@@ -74,3 +74,17 @@ def test_a_trainable_encoder_is_refused():
     cfg = TextConfig(trainable=True)
     with pytest.raises(ValueError, match="frozen"):
         FrozenTextCache(build_text_encoder(cfg), build_tokenizer(cfg), CPU)
+
+
+def test_sentence_embedder_means_the_real_tokens(minilm):
+    """The EDA filter's sentence embedding: the model's features of the real tokens, averaged
+    (MiniLM's pooling), whatever the padding."""
+    text, tokenizer = minilm
+    input_ids, attention_mask = tokenizer(TEXTS)  # padded to max_tokens
+    with torch.no_grad():
+        features = text.model(input_ids=input_ids, attention_mask=attention_mask)
+    real = attention_mask.unsqueeze(-1).float()
+    expected = (features.last_hidden_state * real).sum(1) / real.sum(1)
+    embeddings = sentence_embedder(text, tokenizer, CPU)(TEXTS)
+    assert embeddings.shape == (3, text.dim)
+    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)

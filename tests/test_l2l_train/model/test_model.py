@@ -215,6 +215,27 @@ def test_packaged_minilm_tokenizer_and_encoder(capfd):
     assert not words.requires_grad
 
 
+def test_text_encoder_cuts_padding_columns_without_changing_real_tokens():
+    """Columns past the longest text are dropped; the real tokens' features are those the
+    model gives with the padding (masked attention); a left-padded batch is not cut."""
+    cfg = TextConfig(max_tokens=20)
+    encoder = build_text_encoder(cfg)
+    texts = ["the red circle", "the second small blue square from the left"]
+    input_ids, attention_mask = build_tokenizer(cfg)(texts)  # padded to 20 columns
+    longest = int(attention_mask.sum(1).max())
+    assert longest < 20
+    words, word_mask = encoder(input_ids, attention_mask)
+    assert words.shape == (2, longest, 384)
+    assert torch.equal(word_mask, attention_mask[:, :longest].bool())
+    with torch.no_grad():
+        padded = encoder.model(input_ids=input_ids, attention_mask=attention_mask)
+    real = attention_mask.bool()
+    torch.testing.assert_close(words[word_mask], padded.last_hidden_state[real])
+
+    left_ids, left_mask = input_ids.flip(1), attention_mask.flip(1)
+    assert encoder(left_ids, left_mask)[0].shape == (2, 20, 384)
+
+
 @pytest.mark.parametrize("trainable", [False, True])
 def test_text_encoder_trainable_switch(tiny_text_folder: Path, trainable: bool):
     encoder = build_text_encoder(
@@ -456,7 +477,7 @@ def test_cached_words_give_the_token_forward(tiny_text_folder: Path, sesm_model)
 
 
 def test_padding_columns_past_the_longest_text_change_no_logit(sesm_model):
-    """What evaluation relies on when it cuts a batch's token columns to its longest text."""
+    """Token ids padded to any width give the same logits (the text encoder cuts them)."""
     images, input_ids, attention_mask, prior = inputs()  # 5 real tokens of 8
     with torch.no_grad():
         padded = sesm_model(images, input_ids, attention_mask, prior)
