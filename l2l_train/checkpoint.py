@@ -169,6 +169,25 @@ def run_identity(params: TrainerParams) -> dict[str, Any]:
     return config
 
 
+def _mismatch(path: Path, differing: list[str]) -> ConfigMismatchError:
+    return ConfigMismatchError(
+        f"{path} was written by a run with different params ({', '.join(differing)}); "
+        f"restore them to resume, or pass --restart to train from scratch"
+    )
+
+
+def check_resumable(path: Path, params: TrainerParams) -> None:
+    """Raise :class:`ConfigMismatchError` when ``path`` holds a checkpoint of params that shape
+    the run differently (what a run without ``--restart`` stops on); nothing when there is
+    none. ``l2l-train run`` checks this before it starts DDP ranks, so a mismatch stops the
+    command once, as one process would, not once per rank."""
+    if path.is_file():
+        saved = load_checkpoint(path)["identity"]
+        differing = config_differences(saved, run_identity(params), ignore=RESUME_IGNORED)
+        if differing:
+            raise _mismatch(path, differing)
+
+
 def resumable_checkpoint(
     path: Path, params: TrainerParams, total_steps: int, restart_if_stale: bool
 ) -> dict[str, Any] | None:
@@ -185,10 +204,7 @@ def resumable_checkpoint(
     ckpt = load_checkpoint(path)
     differing = config_differences(ckpt["identity"], run_identity(params), ignore=RESUME_IGNORED)
     if differing and not restart_if_stale:
-        raise ConfigMismatchError(
-            f"{path} was written by a run with different params ({', '.join(differing)}); "
-            f"restore them to resume, or pass --restart to train from scratch"
-        )
+        raise _mismatch(path, differing)
     if differing:
         log.info("%s has other params (%s): training from scratch", path, ", ".join(differing))
         return None

@@ -101,8 +101,14 @@ def run(
 
     cfg = _load(params)
     if cfg.train.processes > 1 and "WORLD_SIZE" not in os.environ:
+        from l2l_train.checkpoint import check_resumable
         from l2l_train.runtime import torchrun_command
 
+        if not (restart or restart_if_stale):
+            try:
+                check_resumable(Path(cfg.paths.models) / "latest.pt", cfg)
+            except ConfigMismatchError as err:
+                raise fail(err, 2) from None
         flags = ["--restart"] * restart + ["--restart-if-stale"] * restart_if_stale
         argv, env = torchrun_command(cfg.train.processes, ["run", "--params", str(params), *flags])
         os.execve(argv[0], argv, env)  # this process becomes torchrun: signals reach every rank

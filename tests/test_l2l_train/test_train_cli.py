@@ -83,6 +83,17 @@ def test_run_with_two_processes_trains_as_two_ddp_ranks(trainer_workspace, tmp_p
     assert latest["progress"]["visits_u"] == 2 * latest["step"] * 2  # 2 ranks x batch 2
     assert done.stdout.count("best val oIoU") == 1  # rank 0 alone prints
 
+    # Other params over that checkpoint stop before any rank starts: one message, the single
+    # process's exit code, no torchrun failure report.
+    changed = write_params(tmp_path / "changed", params_dict(params), train={"lr": 5e-4})
+    done = subprocess.run(
+        train_cli("run", "--params", str(changed)), capture_output=True, text=True, env=cli_env()
+    )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert output.count("train.lr") == 1 and "--restart" in output
+    assert "ChildFailedError" not in output
+
 
 @pytest.mark.slow
 def test_eval_writes_metrics_per_split_and_prior_mode(trained):
