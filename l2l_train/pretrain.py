@@ -151,7 +151,7 @@ def run_pretraining(
     from l2l_train.checkpoint import save_checkpoint
     from l2l_train.model.encoder import ResNetStages
     from l2l_train.pairs import normalize_images
-    from l2l_train.trainer import poly_factor
+    from l2l_train.trainer import param_groups, poly_factor
     from pipeline.datasets.synthetic_scenes import COLORS, SHAPES
 
     cfg: PretrainConfig = params.pretrain
@@ -166,8 +166,9 @@ def run_pretraining(
     held_out = render_parsing_set(params, cfg.scenes, cfg.eval_scenes, cfg.image_size)
     encoder = ResNetStages(visual).train()
     head = ParsingHead(encoder.dims, classes=1 + max(len(SHAPES), len(COLORS)))
-    weights = [*encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The trainer's groups: no decay on biases and norm scales.
+    groups = param_groups(torch.nn.ModuleList([encoder, head]), cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     poly = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: poly_factor(step, cfg.steps, cfg.poly_power)
     )

@@ -4,6 +4,7 @@ hand, its scenes apart from every split, a tiny run through the CLI, and strict 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,3 +142,23 @@ def test_pretrain_refuses_a_swin(tmp_path):
     result = CliRunner().invoke(app, ["pretrain", "--params", str(params)])
     assert result.exit_code != 0
     assert "model.visual.kind" in result.output
+
+
+def test_pretraining_decays_kernels_only(pretrained, tmp_path, monkeypatch):
+    """Like the trainer, no weight decay on biases and norm scales (one-dimensional)."""
+    from l2l_train.pretrain import run_pretraining
+
+    params = load_trainer_params(pretrained[0])
+    params = replace(params, pretrain=replace(params.pretrain, out=str(tmp_path / "again.pt")))
+    groups = []
+    adamw = torch.optim.AdamW
+
+    def recording_adamw(param_groups, **kwargs):
+        groups.extend(param_groups)
+        return adamw(param_groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording_adamw)
+    run_pretraining(params)
+    decay = {g["weight_decay"]: g["params"] for g in groups}
+    assert decay[0.01] and all(p.ndim > 1 for p in decay[0.01])
+    assert decay[0.0] and all(p.ndim == 1 for p in decay[0.0])
