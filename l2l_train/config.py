@@ -367,7 +367,7 @@ class EvalConfig:
     # RefCOCO+: val, testA, testB; RefCOCOg umd: val, test) or partition roles; [all] is
     # every split the prepared dataset defines besides train. Checked against data.dataset
     # at load (TrainerParams).
-    splits: tuple[str, ...] = ("val", "test")
+    splits: tuple[str, ...] = (ALL_SPLITS,)
     # Model input at evaluation: no prior, or the configured teacher's priors of the split
     # (generated with `l2l-priors generate --split <split>`).
     prior: Literal["none", "teacher"] = "none"

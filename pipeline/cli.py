@@ -38,8 +38,8 @@ log = logging.getLogger("l2l")
 PriorSplitOption = Annotated[
     str | None,
     typer.Option(
-        help="labeled / unlabeled (partition roles), train, or an eval split (val, test, "
-        "testA, ...). Default: every split in priors.splits."
+        help="labeled / unlabeled (partition roles), train, an eval split (val, test, "
+        "testA, ...) or all (every eval split). Default: every split in priors.splits."
     ),
 ]
 
@@ -47,6 +47,16 @@ PriorSplitOption = Annotated[
 def _load(params: Path) -> PipelineConfig:
     setup_logging()
     return load_params(params, load_pipeline_config)
+
+
+def _prior_splits(cfg: PipelineConfig, split: str | None) -> tuple[str, ...]:
+    """``--split`` or priors.splits, ``all`` expanded (it reads the manifest)."""
+    from pipeline.datasets.manifest import prior_splits
+
+    try:
+        return prior_splits(cfg, split)
+    except (OSError, ValueError) as err:
+        raise fail(err) from None
 
 
 class RateColumn(ProgressColumn):
@@ -213,7 +223,7 @@ def generate(
         worker = Shard.parse(shard)
     except ValueError as err:
         raise fail(err, 2) from None
-    for name in [split] if split else cfg.priors.splits:
+    for name in _prior_splits(cfg, split):
         with progress_bar(f"priors {name} [{cfg.priors.teacher}]", None, "pairs") as (bar, task):
             try:
                 summary = run_generate(
@@ -270,7 +280,7 @@ def report(
     from pipeline.report import prior_quality, write_report
 
     cfg = _load(params)
-    for name in [split] if split else cfg.priors.splits:
+    for name in _prior_splits(cfg, split):
         try:
             result = prior_quality(cfg, name)
         except (FileNotFoundError, ValueError) as err:

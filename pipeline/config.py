@@ -117,7 +117,7 @@ EVAL_SPLITS: dict[tuple[str, str], tuple[str, ...]] = {
     ("refcocog", "google"): ("val",),
 }
 SYNTHETIC_EVAL_SPLITS = ("val", "test")
-ALL_SPLITS = "all"  # in eval.splits (or --split): every evaluation split of the dataset
+ALL_SPLITS = "all"  # in eval.splits, priors.splits (or --split): every evaluation split
 
 
 @dataclass(frozen=True)
@@ -308,8 +308,9 @@ class ImportedConfig:
 class PriorsConfig:
     teacher: Literal["simulated", "qwen-sam2", "imported"] = "simulated"
     # Labelled pairs too (SESM learns from ground truth how far to trust a prior) and the
-    # evaluation splits (eval.prior: teacher, figures); a role or a dataset split each.
-    splits: tuple[str, ...] = ("labeled", "unlabeled", "val", "test")
+    # evaluation splits (eval.prior: teacher, figures); a role, a dataset split or all (every
+    # evaluation split of the dataset) each.
+    splits: tuple[str, ...] = ("labeled", "unlabeled", ALL_SPLITS)
     size: int = bounded(128, 16, 1024)  # stored prior resolution (256 = SAM2 low-res logits)
     mllm: MLLMConfig = field(default_factory=MLLMConfig)
     sam2: SAM2Config = field(default_factory=SAM2Config)

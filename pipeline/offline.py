@@ -4,7 +4,7 @@ three stages run them, for tests, benchmarks and notebooks that need a ready wor
 from __future__ import annotations
 
 from pipeline.config import PipelineConfig
-from pipeline.datasets.manifest import read_manifest, write_manifest
+from pipeline.datasets.manifest import prior_splits, read_manifest, write_manifest
 from pipeline.generate import generate
 from pipeline.prepare import prepare_dataset
 from pipeline.split import partition, write_partition
@@ -15,5 +15,5 @@ def run_offline_stages(cfg: PipelineConfig) -> None:
     prepared = prepare_dataset(cfg)
     write_manifest(prepared.samples, cfg.paths.samples, prepared.image_root)
     write_partition(partition(read_manifest(cfg.paths.samples), cfg.split), cfg.paths.partition)
-    for split in cfg.priors.splits:
+    for split in prior_splits(cfg):
         generate(cfg, split)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import PathsConfig
+from pipeline.config import ALL_SPLITS, PathsConfig, PipelineConfig
 from pipeline.contract import ROLE_SPLITS, select_pairs
 from pipeline.tables import read_table, write_table_atomic
 
@@ -121,6 +122,31 @@ def read_pairs(paths: PathsConfig, split: str) -> pa.Table:
     manifest = read_manifest(paths.samples)
     partition = read_partition(paths.partition) if split in ROLE_SPLITS else None
     return select_pairs(manifest, split, partition)
+
+
+def expand_splits(
+    splits: Sequence[str], samples: str | Path, release_order: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """``splits`` with ``all`` replaced, in place, by every split of the manifest at
+    ``samples`` but train (RefCOCO: val, testA, testB; RefCOCOg umd: val, test), in
+    ``release_order`` (:data:`~pipeline.config.EVAL_SPLITS`), then by name; a split named twice
+    is kept once. Roles and other names pass through."""
+    if ALL_SPLITS not in splits:
+        return tuple(splits)
+    present = set(read_manifest(samples)["split"].to_pylist()) - {"train"}
+    if not present:
+        raise ValueError(f"{samples}: no split besides train to evaluate")
+    order = list(release_order)
+    every = sorted(present, key=lambda s: (order.index(s) if s in order else len(order), s))
+    expanded = [name for s in splits for name in (every if s == ALL_SPLITS else [s])]
+    return tuple(dict.fromkeys(expanded))
+
+
+def prior_splits(cfg: PipelineConfig, split: str | None = None) -> tuple[str, ...]:
+    """What ``generate`` and ``report`` cover: ``split`` (a CLI's ``--split``), else
+    ``priors.splits``, with ``all`` expanded to the dataset's evaluation splits."""
+    splits = [split] if split else cfg.priors.splits
+    return expand_splits(splits, cfg.paths.samples, cfg.data.eval_splits or ())
 
 
 def image_root(path: str | Path, table: pa.Table | None = None) -> Path:

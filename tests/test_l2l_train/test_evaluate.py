@@ -14,10 +14,9 @@ from typer.testing import CliRunner
 
 from l2l_train.cli import app
 from l2l_train.config import load_trainer_params
-from l2l_train.evaluate import resolve_splits
 from l2l_train.loop import run_training
 from pipeline.config import load_pipeline_config
-from pipeline.datasets.manifest import read_manifest
+from pipeline.datasets.manifest import expand_splits, read_manifest
 from pipeline.offline import run_offline_stages
 from pipeline.schema import ConfigError
 
@@ -118,9 +117,14 @@ def test_prepare_keeps_every_split_and_eval_scores_each(tmp_path, dataset, split
     manifest = read_manifest(params.paths.samples)
     counts = {s: manifest["split"].to_pylist().count(s) for s in ("train", *splits)}
     assert counts == fx["rows_per_split"]
-    # `all`: every split but train, in the order the papers report them.
-    assert resolve_splits(params, ["all"]) == splits
-    assert resolve_splits(params, ["val"]) == ("val",)
+    # `all`: every split but train, in the order the papers report them; beside the roles
+    # (priors.splits' default) it expands in place.
+    samples, order = params.paths.samples, params.data.eval_splits or ()
+    assert expand_splits(["all"], samples, order) == splits
+    assert expand_splits(["val"], samples, order) == ("val",)
+    roles = ("labeled", "unlabeled")
+    assert expand_splits([*roles, "all"], samples, order) == (*roles, *splits)
+    assert expand_splits(["val", "all"], samples, order) == splits  # val once
 
     run_training(params)
     result = CliRunner().invoke(app, ["eval", "--params", str(path)])
