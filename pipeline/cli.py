@@ -7,6 +7,7 @@ module, so everything a command does can also be called from Python and tests.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -49,12 +50,13 @@ def _load(params: Path) -> PipelineConfig:
     return load_params(params, load_pipeline_config)
 
 
-def _prior_splits(cfg: PipelineConfig, split: str | None) -> tuple[str, ...]:
-    """``--split`` or priors.splits, ``all`` expanded (it reads the manifest)."""
+def _prior_splits(cfg: PipelineConfig, split: str | None) -> Iterator[str]:
+    """``--split`` or priors.splits, ``all`` expanded when reached
+    (:func:`~pipeline.datasets.manifest.prior_splits`); a missing manifest is one line."""
     from pipeline.datasets.manifest import prior_splits
 
     try:
-        return prior_splits(cfg, split)
+        yield from prior_splits(cfg, split)
     except (OSError, ValueError) as err:
         raise fail(err) from None
 

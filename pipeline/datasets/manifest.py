@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -142,11 +142,17 @@ def expand_splits(
     return tuple(dict.fromkeys(expanded))
 
 
-def prior_splits(cfg: PipelineConfig, split: str | None = None) -> tuple[str, ...]:
-    """What ``generate`` and ``report`` cover: ``split`` (a CLI's ``--split``), else
-    ``priors.splits``, with ``all`` expanded to the dataset's evaluation splits."""
-    splits = [split] if split else cfg.priors.splits
-    return expand_splits(splits, cfg.paths.samples, cfg.data.eval_splits or ())
+def prior_splits(cfg: PipelineConfig, split: str | None = None) -> Iterator[str]:
+    """What ``generate`` and ``report`` cover, in order: ``split`` (a CLI's ``--split``), else
+    ``priors.splits``, each split once. ``all`` expands to the dataset's evaluation splits
+    when it is reached (it reads the manifest), so the splits before it, and a bad teacher
+    config found on the first of them, come first."""
+    seen = set()
+    for entry in [split] if split else cfg.priors.splits:
+        for name in expand_splits([entry], cfg.paths.samples, cfg.data.eval_splits or ()):
+            if name not in seen:
+                seen.add(name)
+                yield name
 
 
 def image_root(path: str | Path, table: pa.Table | None = None) -> Path:
