@@ -126,12 +126,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """A checkpoint's state; ``mmap``: tensors are mapped, not read, until something uses them
+    (what a caller that only reads the config wants)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     # Our own files: they hold RNG states and optimiser internals, not just tensors.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -169,6 +173,11 @@ def run_identity(params: TrainerParams) -> dict[str, Any]:
     return config
 
 
+def _resume_differences(identity: dict[str, Any], params: TrainerParams) -> list[str]:
+    """Keys of ``params`` that shape the run differently from the checkpoint's ``identity``."""
+    return config_differences(identity, run_identity(params), ignore=RESUME_IGNORED)
+
+
 def _mismatch(path: Path, differing: list[str]) -> ConfigMismatchError:
     return ConfigMismatchError(
         f"{path} was written by a run with different params ({', '.join(differing)}); "
@@ -182,9 +191,9 @@ def check_resumable(path: Path, params: TrainerParams) -> None:
     none. ``l2l-train run`` checks this before it starts DDP ranks, so a mismatch stops the
     command once, as one process would, not once per rank."""
     if path.is_file():
-        saved = load_checkpoint(path)["identity"]
-        differing = config_differences(saved, run_identity(params), ignore=RESUME_IGNORED)
-        if differing:
+        # Mapped: only the config is read here; the ranks load the weights.
+        identity = load_checkpoint(path, mmap=True)["identity"]
+        if differing := _resume_differences(identity, params):
             raise _mismatch(path, differing)
 
 
@@ -202,7 +211,7 @@ def resumable_checkpoint(
     if not path.is_file():
         return None
     ckpt = load_checkpoint(path)
-    differing = config_differences(ckpt["identity"], run_identity(params), ignore=RESUME_IGNORED)
+    differing = _resume_differences(ckpt["identity"], params)
     if differing and not restart_if_stale:
         raise _mismatch(path, differing)
     if differing:

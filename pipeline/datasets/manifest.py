@@ -132,7 +132,7 @@ def expand_splits(
     ``release_order`` (:data:`~pipeline.config.EVAL_SPLITS`), then by name; a split named twice
     is kept once. Roles and other names pass through."""
     if ALL_SPLITS not in splits:
-        return tuple(splits)
+        return tuple(dict.fromkeys(splits))
     present = set(read_manifest(samples)["split"].to_pylist()) - {"train"}
     if not present:
         raise ValueError(f"{samples}: no split besides train to evaluate")

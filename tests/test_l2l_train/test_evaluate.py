@@ -125,6 +125,7 @@ def test_prepare_keeps_every_split_and_eval_scores_each(tmp_path, dataset, split
     roles = ("labeled", "unlabeled")
     assert expand_splits([*roles, "all"], samples, order) == (*roles, *splits)
     assert expand_splits(["val", "all"], samples, order) == splits  # val once
+    assert expand_splits(["val", "labeled", "val"], samples, order) == ("val", "labeled")
 
     run_training(params)
     result = CliRunner().invoke(app, ["eval", "--params", str(path)])

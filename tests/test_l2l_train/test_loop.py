@@ -20,7 +20,7 @@ from trainer_workspace import (
     variant,
 )
 
-from l2l_train.checkpoint import ConfigMismatchError, load_checkpoint
+from l2l_train.checkpoint import ConfigMismatchError, check_resumable, load_checkpoint
 from l2l_train.config import TrainConfig, load_trainer_params
 from l2l_train.data import split_eval_only
 from l2l_train.loop import Run, run_training, steps_per_epoch
@@ -272,10 +272,14 @@ def test_config_mismatch_names_keys_and_restart_trains_anew(trainer_workspace, t
     )
     with pytest.raises(ConfigMismatchError, match=r"model\.decoder_dim, train\.lr"):
         run_training(changed)
+    latest = tmp_path / "models" / "latest.pt"
+    with pytest.raises(ConfigMismatchError, match=r"model\.decoder_dim, train\.lr"):
+        check_resumable(latest, changed)  # the pre-flight of a multi-rank run: the same check
     # Runtime-only keys do not block a resume: the run is complete and stays so.
     runtime = load_trainer_params(
         variant(trainer_workspace, tmp_path, train={"log_every": 7}, eval={"batch_size": 3})
     )
+    check_resumable(latest, runtime)
     assert run_training(runtime).resumed_from_step == 2
     fresh = run_training(changed, restart=True)
     assert fresh.resumed_from_step is None and fresh.steps == 2
