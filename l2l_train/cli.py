@@ -159,11 +159,20 @@ def run(
 def pretrain(params: ParamsOption = Path("params.yaml")) -> None:
     """Pretrain the resnet visual encoder on dense shape and colour parsing of synthetic
     scenes that no split holds (the embedded default's stand-in for ImageNet pretraining) and
-    write pretrain.out, which model.visual.path loads. Settings: the pretrain section."""
+    write pretrain.out, which model.visual.path loads. Settings: the pretrain section. With
+    another model.visual.kind (a Swin loads its own weights) it records that nothing was
+    pretrained in pretrain.out, so the DVC stage serves both."""
     from l2l_train.checkpoint import CheckpointWriteError
-    from l2l_train.pretrain import run_pretraining
+    from l2l_train.pretrain import record_skipped_pretraining, run_pretraining
 
     cfg = _load(params)
+    if cfg.model.visual.kind != "resnet":
+        out = record_skipped_pretraining(cfg)
+        console.print(
+            f"model.visual.kind is {cfg.model.visual.kind}: nothing to pretrain (it starts from "
+            f"model.visual.path); recorded in {out}"
+        )
+        return
     with Progress(
         *_bar_columns("pretrain", "loss {task.fields[loss]:.4f}"), console=console
     ) as bar:

@@ -143,6 +143,22 @@ def _accuracies(encoder: nn.Module, head: ParsingHead, data: ParsingSet) -> tupl
     )
 
 
+# What pretrain.out holds when model.visual is not the resnet: the DVC pretrain stage still
+# writes its output, and a Swin starts from its own weights (model.visual.path).
+SKIPPED_FORMAT = "l2l-pretrain-skipped/1"
+
+
+def record_skipped_pretraining(params: TrainerParams) -> Path:
+    """Write ``pretrain.out`` as a record that nothing was pretrained (``model.visual.kind``
+    is not resnet); :func:`~l2l_train.model.pretrained.load_resnet_weights` refuses it."""
+    from l2l_train.checkpoint import save_checkpoint
+
+    kind = params.model.visual.kind
+    reason = f"model.visual.kind is {kind}: it starts from model.visual.path, not pretrain.out"
+    save_checkpoint(params.pretrain.out, {"format": SKIPPED_FORMAT, "reason": reason})
+    return Path(params.pretrain.out)
+
+
 def run_pretraining(
     params: TrainerParams, on_step: Callable[[int, int, float], None] | None = None
 ) -> PretrainSummary:

@@ -23,6 +23,7 @@ import yaml
 
 from l2l_train.checkpoint import flatten, run_identity
 from l2l_train.config import TrainerParams
+from l2l_train.model.pretrained import RESNET_ARCHITECTURE
 from pipeline.config import runtime_only_keys, to_dict
 from pipeline.contract import teacher_identity
 
@@ -186,6 +187,10 @@ def result_keys() -> dict[str, set[str]]:
     validation = {"eval.prior", "eval.val_split", "eval.every_epochs", "eval.threshold"}
     return {
         "prepare": section_keys("data"),
+        # The scenes it parses (the synthetic world's settings) and the weight shapes it writes.
+        "pretrain": section_keys("pretrain")
+        | {k for k in section_keys("data") if k.startswith("data.synthetic.")}
+        | {f"model.visual.{name}" for name in ("kind", *RESNET_ARCHITECTURE)},
         "split": section_keys("split"),
         "priors": section_keys("priors"),
         "train": run | teacher_keys() | validation,
@@ -244,3 +249,10 @@ def test_closure_follows_imports_inside_functions(tmp_path):
         "pipeline.b",
         "pipeline.c",
     }
+
+
+def test_train_starts_from_what_the_pretrain_stage_writes():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["model"]["visual"]["path"] == params["pretrain"]["out"]
+    assert "${pretrain.out}" in STAGES["train"]["deps"]
+    assert STAGES["pretrain"]["outs"] == ["${pretrain.out}"]

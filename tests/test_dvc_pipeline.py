@@ -114,7 +114,7 @@ def workspace(tmp_path) -> Path:
 
 @pytest.mark.slow
 def test_stages_rerun_only_on_their_own_inputs_and_experiments_compare(workspace):
-    assert_reran(repro(workspace), "prepare", "split", "priors")
+    assert_reran(repro(workspace), "prepare", "split", "priors", "pretrain")
     assert repro(workspace) == []
     alone = json.loads((workspace / "data/metrics/eval.json").read_text())
     handed = json.loads((workspace / "data/metrics/eval_teacher.json").read_text())

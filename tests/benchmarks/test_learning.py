@@ -22,7 +22,7 @@ def test_curve_kinds_text_swap_and_teacher_scores(learning, trainer_workspace, t
             *("--data", str(workspace), "--work", str(tmp_path / "work"), "--out", str(out)),
             *("--labels", "5", "--prior", "teacher", "--steps", "2", "--eval-every", "1"),
             *("--batch-size", "2", "--per-image", "2"),
-            *("--model", "{visual: {embed_dim: 8}, decoder_dim: 16}"),
+            *("--model", "{visual: {embed_dim: 8, path: null}, decoder_dim: 16}"),
         ]
     )
     result = json.loads(out.read_text())

@@ -20,6 +20,7 @@ from l2l_train.pretrain import (
     foreground_accuracy,
     parsing_loss,
     render_parsing_set,
+    run_pretraining,
     scene_label_maps,
 )
 from pipeline.config import SyntheticConfig
@@ -137,11 +138,19 @@ def test_loading_names_a_missing_file_and_another_architecture(pretrained, tmp_p
         build_visual_encoder(VisualConfig(**TINY_VISUAL, path=str(other)))
 
 
-def test_pretrain_refuses_a_swin(tmp_path):
-    params = write_params(tmp_path, {"model": {"visual": {"kind": "swin"}}})
+def test_a_swin_is_not_pretrained_and_the_record_does_not_load(tmp_path):
+    """A Swin starts from model.visual.path: pretrain (the DVC stage) records that and returns;
+    the record is no weights file for a resnet, and run_pretraining itself refuses a Swin."""
+    out = tmp_path / "resnet.pt"
+    swin = {"model": {"visual": {"kind": "swin"}}, "pretrain": {"out": str(out)}}
+    params = write_params(tmp_path, swin)
     result = CliRunner().invoke(app, ["pretrain", "--params", str(params)])
-    assert result.exit_code != 0
-    assert "model.visual.kind" in result.output
+    assert result.exit_code == 0, result.output
+    assert "model.visual.kind is swin: nothing to pretrain" in " ".join(result.output.split())
+    with pytest.raises(ValueError, match="not a l2l-resnet-pretrained/1 file"):
+        build_visual_encoder(VisualConfig(**TINY_VISUAL, path=str(out)))
+    with pytest.raises(ValueError, match=r"model\.visual\.kind"):
+        run_pretraining(load_trainer_params(params))
 
 
 def test_pretraining_decays_kernels_only(pretrained, tmp_path, monkeypatch):
