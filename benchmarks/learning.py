@@ -24,6 +24,10 @@ supervision with no SPM, RPLE or weak/strong views, take the same student.
 
 ``--prior teacher``: a model handed the teacher prior (labelled pairs with their prior, prior
 dropout ``train.prior_dropout``), scored with and without it: the ceiling of the prior path.
+``--checkpoint data/models/best.pt``: no training; the same figures for a model ``l2l-train
+run`` trained (without and with the teacher prior), beside the teacher prior's own per-kind
+oIoU: which kinds of expression the student has not learnt from its teacher.
+
 Writes ``benchmarks/results/learning[_<tag>].json``. Data: ``--data`` (a pipeline data folder
 with manifests/ and priors/), default a workspace built once under ``--work``.
 """
@@ -154,6 +158,53 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
     }
 
 
+def prior_scores(data: dict[str, Any]) -> dict[str, Any]:
+    """oIoU of the teacher prior itself (bilinear to the original size, threshold 0.5; a pair
+    without a prior predicts nothing), overall and per expression kind."""
+    import torch.nn.functional as F
+
+    inter, union = [], []
+    for prior, present, gt in zip(
+        data["prior"], data["prior_present"], data["mask_original"], strict=True
+    ):
+        gt = gt.bool()
+        size = tuple(gt.shape)
+        pred = F.interpolate(prior[None].float(), size=size, mode="bilinear")[0, 0] >= 0.5
+        pred &= bool(present)
+        inter.append((pred & gt).sum().item())
+        union.append((pred | gt).sum().item())
+    inter, union, kinds = np.array(inter), np.array(union), np.array(data["kind"])
+    return {
+        "oIoU": float(inter.sum() / max(1, union.sum())),
+        "oIoU_per_kind": {
+            k: float(inter[kinds == k].sum() / max(1, union[kinds == k].sum()))
+            for k in KINDS
+            if (kinds == k).any()
+        },
+        "pairs_per_kind": {k: int((kinds == k).sum()) for k in KINDS},
+    }
+
+
+def checkpoint_scores(path: Path, params: Any, store: Any) -> dict[str, Any]:
+    """:func:`scores` of a trained checkpoint on the val split, without and with the teacher
+    prior, and :func:`prior_scores` of the prior."""
+    from l2l_train.checkpoint import load_checkpoint
+    from l2l_train.evaluate import model_from_checkpoint
+    from l2l_train.model import build_tokenizer
+    from l2l_train.text_cache import FrozenTextCache
+
+    model, model_cfg, size = model_from_checkpoint(load_checkpoint(path))
+    val = load_split(params, params.eval.val_split, size, store)
+    cache = FrozenTextCache(model.text, build_tokenizer(model_cfg.text), torch.device("cpu"))
+    return {
+        "checkpoint": str(path),
+        "val_pairs": len(val["expression"]),
+        "none": scores(model, cache, val, prior=False),
+        "teacher": scores(model, cache, val, prior=True),
+        "prior": prior_scores(val),
+    }
+
+
 def teacher_labelled(data: dict[str, Any]) -> dict[str, Any]:
     """``data``'s pairs that have a teacher prior, with the prior binarised at 0.5 as the mask
     (in the input frame; ``mask_original`` is left as it was: training does not read it)."""
@@ -217,6 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="score this trained checkpoint instead of training (with --data, its data folder)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="result file (default: results/learning[_tag].json)"
     )
     args = parser.parse_args(argv)
@@ -234,12 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     if not data_params.is_file():
         synthetic_workspace(data_params.parent, {})
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # The data folder's own dataset, teacher and paths: its priors are stored under its teacher.
+    data_folder = yaml.safe_load(data_params.read_text())
     merged = _merge(
         base,
         {
             "model": args.model,
             "train": args.train,
-            "paths": yaml.safe_load(data_params.read_text())["paths"],
+            **{section: data_folder[section] for section in ("data", "priors", "paths")},
         },
     )
     params_path = args.work / "params.yaml"
@@ -247,6 +305,15 @@ def main(argv: list[str] | None = None) -> None:
     params_path.write_text(yaml.safe_dump(merged))
     params = load_trainer_params(params_path)
     store = open_teacher_store(params)
+    out = args.out or RESULTS / f"learning{'_' + args.tag if args.tag else ''}.json"
+    if args.checkpoint:
+        result = checkpoint_scores(args.checkpoint, params, store)
+        print(json.dumps(result, indent=1))
+        write_result(
+            out,
+            {"benchmark": "learning", "machine": describe_machine(torch.device("cpu")), **result},
+        )
+        return
     tick = time.perf_counter()
     train = load_split(params, "labeled", args.image_size, store)
     if args.labels == 100:
@@ -336,7 +403,6 @@ def main(argv: list[str] | None = None) -> None:
         "curve": curve,
     }
     torch.save(model.state_dict(), args.work / "model.pt")  # for a closer look by hand
-    out = args.out or RESULTS / f"learning{'_' + args.tag if args.tag else ''}.json"
     write_result(out, result)
 
 

@@ -328,6 +328,8 @@ class TrainConfig:
     # lr * (1 - step / total_steps) ** poly_power. 1e-3 suits the embedded default's
     # randomly initialised Swin; LAVT fine-tunes a pretrained Swin-B at 5e-5.
     lr: float = bounded(1e-3, 0.0, lo_open=True)
+    # The visual encoder's learning rate is lr * encoder_lr_scale (a pretrained one).
+    encoder_lr_scale: float = bounded(1.0, 0.0)
     weight_decay: float = bounded(0.01, 0.0)
     poly_power: float = bounded(0.9, 0.0)
     grad_clip: float = bounded(1.0, 0.0)  # max global gradient norm; 0 = no clipping

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from l2l_train.config import TrainConfig
+from l2l_train.model import Segmentor
 from l2l_train.step import Student, UnlabeledTargets
 
 
@@ -26,16 +27,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def segmentor_param_groups(model: Segmentor, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """:func:`param_groups` of the visual encoder at ``lr * encoder_lr_scale`` and of every
+    other module at ``lr``: a pretrained encoder fine-tuned at the rate of the freshly
+    initialised conditioning and decoder forgets what it was pretrained on."""
+    rest = nn.ModuleList(module for name, module in model.named_children() if name != "visual")
+    groups = [
+        *(
+            g | {"lr": cfg.lr * cfg.encoder_lr_scale}
+            for g in param_groups(model.visual, cfg.weight_decay)
+        ),
+        *(g | {"lr": cfg.lr} for g in param_groups(rest, cfg.weight_decay)),
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def poly_factor(step: int, total_steps: int, power: float) -> float:
     """Learning-rate multiplier ``(1 - step / total_steps) ** power``, 0 from the end on."""
     return max(0.0, 1.0 - step / total_steps) ** power
 
 
 def build_optimization(
-    model: nn.Module, cfg: TrainConfig, total_steps: int
+    model: Segmentor, cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW and its per-step poly decay over ``total_steps``."""
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(segmentor_param_groups(model, cfg), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: poly_factor(step, total_steps, cfg.poly_power)
     )

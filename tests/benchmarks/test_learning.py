@@ -67,3 +67,49 @@ def test_teacher_labelled_binarises_the_prior_and_drops_teacher_misses(learning)
     assert out["expression"] == ["a", "b"]
     assert out["mask"].tolist() == [[[0, 1]], [[1, 1]]]  # 0.5 counts as foreground
     assert out["mask"].dtype == torch.uint8
+
+
+def test_prior_scores_count_a_missing_prior_as_an_empty_prediction(learning):
+    import torch
+
+    data = {
+        # 1x2 priors at the original 1x2 size: pair 0 predicts its right pixel, pair 1 none
+        # (absent), pair 2 both.
+        "prior": torch.tensor([[[[0.2, 0.7]]], [[[0.9, 0.9]]], [[[0.6, 0.5]]]]),
+        "prior_present": torch.tensor([True, False, True]),
+        "mask_original": [torch.tensor([[1, 1]]), torch.tensor([[1, 0]]), torch.tensor([[0, 1]])],
+        "kind": ["spatial", "spatial", "ordinal"],
+    }
+    out = learning.prior_scores(data)
+    # spatial: intersections 1 + 0, unions 2 + 1; ordinal: 1 / 2; overall 2 / 5
+    assert out["oIoU"] == pytest.approx(2 / 5)
+    assert out["oIoU_per_kind"] == pytest.approx({"spatial": 1 / 3, "ordinal": 1 / 2})
+    assert out["pairs_per_kind"]["spatial"] == 2 and out["pairs_per_kind"]["relation"] == 0
+
+
+@pytest.mark.slow
+def test_a_trained_checkpoint_is_scored_beside_its_teacher(learning, trainer_workspace, tmp_path):
+    import torch
+
+    from l2l_train.config import load_trainer_params
+    from l2l_train.model import build_segmentor
+    from pipeline.config import to_dict
+
+    params = load_trainer_params(trainer_workspace)
+    checkpoint = tmp_path / "best.pt"
+    model = build_segmentor(params.model)
+    config = {"model": to_dict(params.model), "train": {"image_size": 32}}
+    torch.save({"config": config, "model": model.state_dict()}, checkpoint)
+    out = tmp_path / "checkpoint.json"
+    learning.main(
+        [
+            *("--data", str(trainer_workspace), "--work", str(tmp_path / "work")),
+            *("--checkpoint", str(checkpoint), "--out", str(out)),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["checkpoint"] == str(checkpoint) and result["val_pairs"] > 0
+    for mode in ("none", "teacher"):
+        assert 0 <= result[mode]["oIoU"] <= 1 and result[mode]["text_swap"]["pairs"] > 0
+    assert 0 < result["prior"]["oIoU"] <= 1
+    assert sum(result["prior"]["pairs_per_kind"].values()) == result["val_pairs"]

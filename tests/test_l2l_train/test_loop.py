@@ -28,7 +28,7 @@ from l2l_train.losses import IGNORE_INDEX
 from l2l_train.metrics import MeanAccumulator
 from l2l_train.runtime import Runtime
 from l2l_train.targets import plan_method
-from l2l_train.trainer import param_groups, poly_factor
+from l2l_train.trainer import param_groups, poly_factor, segmentor_param_groups
 from pipeline.config import load_pipeline_config
 from pipeline.datasets.manifest import read_pairs
 from pipeline.generate import generate
@@ -52,6 +52,23 @@ def test_param_groups_skip_decay_on_vectors():
     assert [p.shape for p in no_decay["params"]] == [
         (2,)
     ]  # the linear bias; the frozen norm is out
+
+
+def test_the_visual_encoder_learns_at_its_scaled_rate():
+    model = torch.nn.Module()
+    model.visual = torch.nn.Linear(3, 2)
+    model.text = torch.nn.Linear(4, 4).requires_grad_(False)
+    model.head = torch.nn.Conv2d(2, 1, 1)
+    groups = segmentor_param_groups(model, TrainConfig(lr=0.5, encoder_lr_scale=0.25))
+    by_lr = {
+        (g["lr"], g["weight_decay"]): sorted(tuple(p.shape) for p in g["params"]) for g in groups
+    }
+    assert by_lr == {
+        (0.125, 0.01): [(2, 3)],
+        (0.125, 0.0): [(2,)],
+        (0.5, 0.01): [(1, 2, 1, 1)],
+        (0.5, 0.0): [(1,)],
+    }
 
 
 def test_steps_per_epoch_is_one_pass_over_the_driving_refs():
