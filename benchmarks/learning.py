@@ -109,6 +109,15 @@ def predict(model, cache, data, rows, prior: bool, batch: int = 64) -> list[torc
     return out
 
 
+def oiou_by_kind(inter: np.ndarray, union: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    """oIoU of each expression kind present. Shapes: inter, union, kinds (N,), per pair."""
+    return {
+        k: float(inter[kinds == k].sum() / max(1, union[kinds == k].sum()))
+        for k in KINDS
+        if (kinds == k).any()
+    }
+
+
 def scores(model, cache, val, prior: bool) -> dict[str, Any]:
     """Curve figures, per-kind oIoU and the text-swap check on ``val``."""
     from pipeline.datasets.synthetic_scenes import SHAPES
@@ -120,11 +129,7 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
     union = np.array([(p | g).sum().item() for p, g in zip(preds, gts, strict=True)])
     area = sum(p.sum().item() for p in preds) / max(1, sum(g.sum().item() for g in gts))
     kinds = np.array(val["kind"])
-    per_kind = {
-        k: float(inter[kinds == k].sum() / max(1, union[kinds == k].sum()))
-        for k in KINDS
-        if (kinds == k).any()
-    }
+    per_kind = oiou_by_kind(inter, union, kinds)
     # Attribute expressions by what decides them: a shape's name ("the circle", "the small
     # hexagon") or colour and size alone ("the red shape"). A student that has not learnt the
     # shape categories fails the first and not the second.
@@ -159,28 +164,22 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
 
 
 def prior_scores(data: dict[str, Any]) -> dict[str, Any]:
-    """oIoU of the teacher prior itself (bilinear to the original size, threshold 0.5; a pair
-    without a prior predicts nothing), overall and per expression kind."""
-    import torch.nn.functional as F
+    """oIoU of the teacher prior itself, as ``l2l-priors report`` scores it (resized to the
+    original size, threshold 0.5; a pair without a prior predicts nothing), overall and per
+    expression kind."""
+    from pipeline.report import prior_intersection_union
 
-    inter, union = [], []
-    for prior, present, gt in zip(
-        data["prior"], data["prior_present"], data["mask_original"], strict=True
-    ):
-        gt = gt.bool()
-        size = tuple(gt.shape)
-        pred = F.interpolate(prior[None].float(), size=size, mode="bilinear")[0, 0] >= 0.5
-        pred &= bool(present)
-        inter.append((pred & gt).sum().item())
-        union.append((pred | gt).sum().item())
-    inter, union, kinds = np.array(inter), np.array(union), np.array(data["kind"])
+    counts = [
+        prior_intersection_union(prior[0].numpy() if present else None, gt.numpy())
+        for prior, present, gt in zip(
+            data["prior"], data["prior_present"], data["mask_original"], strict=True
+        )
+    ]
+    inter, union = (np.array(column) for column in zip(*counts, strict=True))
+    kinds = np.array(data["kind"])
     return {
         "oIoU": float(inter.sum() / max(1, union.sum())),
-        "oIoU_per_kind": {
-            k: float(inter[kinds == k].sum() / max(1, union[kinds == k].sum()))
-            for k in KINDS
-            if (kinds == k).any()
-        },
+        "oIoU_per_kind": oiou_by_kind(inter, union, kinds),
         "pairs_per_kind": {k: int((kinds == k).sum()) for k in KINDS},
     }
 
