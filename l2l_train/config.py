@@ -67,6 +67,14 @@ class TextConfig:
     max_tokens: int = bounded(20, 2, 512)  # expressions are padded/truncated to this (LAVT: 20)
 
 
+def check_stages(name: str, stages: tuple[int, ...]) -> None:
+    """Raise unless ``stages`` are distinct 1-based stage numbers of the 4-stage encoder."""
+    if not set(stages) <= {1, 2, 3, 4}:
+        raise ConfigError(f"{name} must be stages in 1..4, got {stages}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"{name} lists a stage twice: {stages}")
+
+
 @dataclass(frozen=True)
 class SESMConfig:
     # False = the paper's "Baseline": the same encoder with semantic (pixel-word)
@@ -81,14 +89,7 @@ class SESMConfig:
     prior_dim: int = bounded(16, 4)  # channels of the embedded prior field
 
     def __post_init__(self) -> None:
-        if not set(self.cross_attention_stages) <= {1, 2, 3, 4}:
-            raise ConfigError(
-                f"cross_attention_stages must be stages in 1..4, got {self.cross_attention_stages}"
-            )
-        if len(set(self.cross_attention_stages)) != len(self.cross_attention_stages):
-            raise ConfigError(
-                f"cross_attention_stages lists a stage twice: {self.cross_attention_stages}"
-            )
+        check_stages("cross_attention_stages", self.cross_attention_stages)
         if self.prior_dim % 4:
             raise ConfigError(f"prior_dim must be a multiple of 4, got {self.prior_dim}")
 
@@ -99,6 +100,12 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     sesm: SESMConfig = field(default_factory=SESMConfig)
     decoder_dim: int = bounded(64, 8)  # FPN channels (LAVT: 512)
+    # Stages (1-based) whose conditioned tokens also pass one global self-attention block
+    # (model/context.py); none in the paper's model.
+    context_stages: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_stages("context_stages", self.context_stages)
 
 
 @dataclass(frozen=True)
@@ -345,9 +352,12 @@ class TrainConfig:
     # fixes the steps per epoch (the samplers are endless streams, so any number works).
     # 80 keeps the embedded default's training near five minutes on two CPU cores.
     steps_per_epoch: int | None = bounded(80, 1)
-    # Probability of hiding a pair's prior from the model in the gradient-carrying forward,
-    # so it stays usable without one (`eval.prior: none`).
+    # Probability of hiding an unlabelled pair's prior (q_hat) from the model in the
+    # gradient-carrying forward, so it stays usable without one (`eval.prior: none`).
     prior_dropout: float = bounded(0.5, 0.0, 1.0)
+    # The same for a labelled pair's teacher prior: the only pairs from which the model learns,
+    # against ground truth, how far to trust a prior (the weak pass's correction of q).
+    prior_dropout_labeled: float = bounded(0.5, 0.0, 1.0)
     # The weak pass's input: the model alone (false: p_w is the model's own opinion, as it is
     # evaluated) or with the teacher's prior (true: DESIGN's SESM conditioning, p_w a
     # correction of the prior learnt on labelled pairs that carry theirs).

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from l2l_train.config import ModelConfig, SESMConfig, TextConfig, VisualConfig
+from l2l_train.model.context import GlobalContext
 from l2l_train.model.decoder import FineHead, FPNDecoder
 from l2l_train.model.encoder import ResNetStages, SwinStages, build_visual_encoder
 from l2l_train.model.sesm import PriorField, StageGates, build_stage_conditioners, uses_prior
@@ -53,7 +54,10 @@ class Segmentor(nn.Module):
         prior_field: PriorField | None,
         decoder: FPNDecoder,
         head: FineHead,
+        context: nn.ModuleDict | None = None,
     ) -> None:
+        """``context``: a :class:`~l2l_train.model.context.GlobalContext` per stage that has
+        one, keyed by the 0-based stage index as a string."""
         super().__init__()
         self.visual = visual
         self.text = text
@@ -61,6 +65,7 @@ class Segmentor(nn.Module):
         self.prior_field = prior_field
         self.decoder = decoder
         self.head = head
+        self.context = nn.ModuleDict() if context is None else context
 
     def forward(
         self,
@@ -99,6 +104,8 @@ class Segmentor(nn.Module):
             field = None if self.prior_field is None else self.prior_field(prior, present, grid)
             tokens, stage_gates = self.conditioners[stage](tokens, grid, words, word_mask, field)
             gates.append(stage_gates)
+            if str(stage) in self.context:
+                tokens = self.context[str(stage)](tokens, grid)
             return tokens
 
         features = self.decoder(self.visual(images, condition))  # (B, dim, H/4, W/4)
@@ -134,7 +141,13 @@ def build_segmentor(cfg: ModelConfig, *, load_weights: bool = True) -> Segmentor
     prior_field = PriorField(cfg.sesm.prior_dim) if uses_prior(cfg.sesm) else None
     decoder = FPNDecoder(visual.dims, cfg.decoder_dim)
     head = FineHead(cfg.decoder_dim, prior_channels=2 if prior_field is not None else 0)
-    return Segmentor(visual, text, conditioners, prior_field, decoder, head)
+    context = nn.ModuleDict(
+        {
+            str(stage - 1): GlobalContext(visual.dims[stage - 1], visual.num_heads[stage - 1])
+            for stage in cfg.context_stages
+        }
+    )
+    return Segmentor(visual, text, conditioners, prior_field, decoder, head, context)
 
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:

@@ -346,6 +346,32 @@ def test_structural_stream_kind_per_stage(tiny_text_folder: Path):
     assert kinds == [LinearStructure, AttentionStructure, LinearStructure, LinearStructure]
 
 
+def test_segmentor_places_blocks_on_the_listed_stages(tiny_text_folder: Path):
+    cfg = tiny_config(tiny_text_folder)
+    torch.manual_seed(0)
+    plain = build_segmentor(cfg, load_weights=False)
+    torch.manual_seed(0)
+    with_context = build_segmentor(
+        ModelConfig(cfg.visual, cfg.text, cfg.sesm, cfg.decoder_dim, context_stages=(2, 3)),
+        load_weights=False,
+    )
+    assert sorted(with_context.context) == ["1", "2"]
+    assert len(plain.context) == 0
+    # the other modules draw the same initial weights, and the blocks start as identity
+    images, input_ids, attention_mask, prior = inputs()
+    out_plain = plain.eval()(images, input_ids, attention_mask, prior)
+    out_context = with_context.eval()(images, input_ids, attention_mask, prior)
+    assert torch.allclose(out_plain, out_context, atol=1e-6)
+    # gradients reach the blocks' attention once the output projection is off zero
+    with torch.no_grad():
+        for block in with_context.context.values():
+            block.attention_out.weight.normal_()
+    with_context.train()(images, input_ids, attention_mask, prior).square().mean().backward()
+    assert all(
+        block.query_key.weight.grad.abs().sum() > 0 for block in with_context.context.values()
+    )
+
+
 def test_gradients_reach_gates_streams_and_prior_field(tiny_text_folder: Path):
     model = build(tiny_text_folder).train()
     images, input_ids, attention_mask, prior = inputs()
