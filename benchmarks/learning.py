@@ -23,7 +23,7 @@ can, and reports at every ``--eval-every`` steps:
 supervision with no SPM, RPLE or weak/strong views, take the same student.
 
 ``--prior teacher``: a model handed the teacher prior (labelled pairs with their prior, prior
-dropout ``train.prior_dropout_labeled``), scored with and without it: the ceiling of the prior path.
+dropout ``train.prior_dropout``), scored with and without it: the ceiling of the prior path.
 ``--checkpoint data/models/best.pt``: no training; the same figures for a model ``l2l-train
 run`` trained (without and with the teacher prior), beside the teacher prior's own per-kind
 oIoU: which kinds of expression the student has not learnt from its teacher.
@@ -358,9 +358,7 @@ def main(argv: list[str] | None = None) -> None:
             for r, f in zip(rows.tolist(), flip.tolist(), strict=True)
         ]
         present = train["prior_present"][rows]
-        present &= (
-            torch.rand(args.batch_size, generator=generator) >= params.train.prior_dropout_labeled
-        )
+        present &= torch.rand(args.batch_size, generator=generator) >= params.train.prior_dropout
         words, word_mask = cache.words(texts)
         logits = model(
             normalize_images(images),

@@ -352,12 +352,9 @@ class TrainConfig:
     # fixes the steps per epoch (the samplers are endless streams, so any number works).
     # 80 keeps the embedded default's training near five minutes on two CPU cores.
     steps_per_epoch: int | None = bounded(80, 1)
-    # Probability of hiding an unlabelled pair's prior (q_hat) from the model in the
-    # gradient-carrying forward, so it stays usable without one (`eval.prior: none`).
+    # Probability of hiding a pair's prior from the model in the gradient-carrying forward,
+    # so it stays usable without one (`eval.prior: none`).
     prior_dropout: float = bounded(0.5, 0.0, 1.0)
-    # The same for a labelled pair's teacher prior: the only pairs from which the model learns,
-    # against ground truth, how far to trust a prior (the weak pass's correction of q).
-    prior_dropout_labeled: float = bounded(0.5, 0.0, 1.0)
     # The weak pass's input: the model alone (false: p_w is the model's own opinion, as it is
     # evaluated) or with the teacher's prior (true: DESIGN's SESM conditioning, p_w a
     # correction of the prior learnt on labelled pairs that carry theirs).

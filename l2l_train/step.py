@@ -195,13 +195,9 @@ class Student:
         states = gather_rows(self.agent.make_state(q_hat, agree, band), self.rt)
         return states, self.agent.act(states, explore=explore)
 
-    def prior_keep(self, labeled: int, unlabeled: int) -> Tensor:
-        """(labeled + unlabeled,) bool: which priors survive prior dropout, labelled pairs
-        first (``train.prior_dropout_labeled``), then unlabelled ones (``prior_dropout``)."""
-        rate = torch.tensor(
-            [self.cfg.prior_dropout_labeled] * labeled + [self.cfg.prior_dropout] * unlabeled
-        )
-        return torch.rand(labeled + unlabeled, generator=self.dropout_rng) >= rate
+    def prior_keep(self, batch: int) -> Tensor:
+        """(batch,) bool: which priors survive prior dropout."""
+        return torch.rand(batch, generator=self.dropout_rng) >= self.cfg.prior_dropout
 
     def losses(self, batch_x: dict[str, Any], batch_u: dict[str, Any] | None) -> StepLosses:
         """Steps 1-5 on this rank's labelled batch and (semi-supervised) unlabelled batch, both
@@ -227,15 +223,14 @@ class Student:
             priors.append(weak.targets.q_hat)
             present.append(weak.targets.prior_present)
         present_all = torch.cat(present)
-        batch_size_x = batch_x["img_x"].shape[0]
-        keep = self.prior_keep(batch_size_x, len(present_all) - batch_size_x)
-        present_all = present_all & keep.to(present_all.device)
+        present_all = present_all & self.prior_keep(len(present_all)).to(present_all.device)
 
         with autocast(self.rt.device, self.rt.amp):
             text = self.text_inputs(expressions)
             logits = self.ddp_model(
                 torch.cat(images), prior=torch.cat(priors), prior_present=present_all, **text
             )
+        batch_size_x = batch_x["img_x"].shape[0]
         logits_x, logits_u_s = logits[:batch_size_x], logits[batch_size_x:]
         l_sup = supervised_loss(logits_x, batch_x["mask_x"], cfg.loss)
         parts = {"sup": l_sup}

@@ -139,37 +139,6 @@ def test_weak_pass_reads_the_teacher_prior_only_when_configured(
         assert seen[0] is None
 
 
-@pytest.mark.parametrize(("labeled_rate", "unlabeled_rate"), [(0.0, 1.0), (1.0, 0.0)])
-def test_prior_dropout_has_one_rate_per_role(
-    trainer_workspace, tmp_path, labeled_rate, unlabeled_rate
-):
-    """Labelled pairs (first in the trained forward) keep their prior at 1 -
-    ``prior_dropout_labeled``, the strong unlabelled views at 1 - ``prior_dropout``."""
-    train = {"prior_dropout_labeled": labeled_rate, "prior_dropout": unlabeled_rate}
-    params = load_trainer_params(variant(trainer_workspace, tmp_path, train=train))
-    run = Run(params, Runtime(torch.device("cpu")), restart=True, restart_if_stale=False)
-    loader_x, loader_u = run.loaders()
-    batch_x, (train_u, _) = next(iter(loader_x)), split_eval_only(next(iter(loader_u)))
-    # the workspace's labelled pairs have no teacher prior: give them one
-    batch_x["prior_present_x"] = torch.ones_like(batch_x["prior_present_x"])
-    batch_x["prior_x"] = torch.rand_like(batch_x["prior_x"])
-    seen = []
-    student = run.trainer.student
-    hook = student.ddp_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs.get("prior_present")), with_kwargs=True
-    )
-    try:
-        student.losses(batch_x, train_u)
-    finally:
-        hook.remove()
-    trained = seen[-1]  # the weak pass runs first, on the unlabelled batch alone
-    n_x = batch_x["img_x"].shape[0]
-    assert len(trained) == n_x + train_u["img_u_w"].shape[0]
-    assert torch.equal(trained[:n_x], torch.full((n_x,), labeled_rate == 0.0))
-    assert torch.equal(trained[n_x:], train_u["prior_present_u"] & (unlabeled_rate == 0.0))
-    assert train_u["prior_present_u"].any()
-
-
 # ----------------------------------------------------------------------------- methods
 
 
