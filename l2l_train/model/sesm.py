@@ -92,6 +92,12 @@ def pool_prior_to_grid(prior: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
     return F.adaptive_avg_pool2d(prior, grid)
 
 
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Shapes: x (B, N, C), C a multiple of ``heads``. Returns: (B, heads, N, C / heads)."""
+    batch, length, channels = x.shape
+    return x.view(batch, length, heads, channels // heads).transpose(1, 2)
+
+
 class PixelWordAttention(nn.Module):
     """Semantic stream S_i: LAVT's pixel-word attention module.
 
@@ -196,11 +202,6 @@ class AttentionStructure(nn.Module):
         self.value = nn.Linear(prior_dim, dim)
         self.out = nn.Linear(dim, dim)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) -> (B, heads, N, C / heads)."""
-        batch, length, channels = x.shape
-        return x.view(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
-
     def forward(
         self, tokens: torch.Tensor, field: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
@@ -209,8 +210,11 @@ class AttentionStructure(nn.Module):
         code = {"device": tokens.device, "dtype": tokens.dtype}
         query = self.query(self.norm(tokens) + sincos_2d(grid, channels, **code))
         key = self.key(field + sincos_2d(grid, field.shape[-1], **code))
+        heads = self.num_heads
         attended = F.scaled_dot_product_attention(
-            self.split_heads(query), self.split_heads(key), self.split_heads(self.value(field))
+            split_heads(query, heads),
+            split_heads(key, heads),
+            split_heads(self.value(field), heads),
         )  # (B, heads, N, C / heads)
         return self.out(attended.transpose(1, 2).reshape(batch, length, channels))
 
