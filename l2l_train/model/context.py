@@ -16,10 +16,9 @@ until the block has learnt something to add.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from l2l_train.model.sesm import sincos_2d, split_heads
+from l2l_train.model.sesm import multi_head_attention, sincos_2d
 
 
 class GlobalContext(nn.Module):
@@ -44,15 +43,10 @@ class GlobalContext(nn.Module):
             nn.init.zeros_(out.bias)
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        batch, length, channels = tokens.shape
+        channels = tokens.shape[-1]
         normed = self.attention_norm(tokens)
         code = sincos_2d(grid, channels, device=tokens.device, dtype=tokens.dtype)
         query, key = self.query_key(normed + code).chunk(2, dim=-1)
-        heads = self.num_heads
-        attended = F.scaled_dot_product_attention(
-            split_heads(query, heads),
-            split_heads(key, heads),
-            split_heads(self.value(normed), heads),
-        )  # (B, heads, N, C / heads)
-        tokens = tokens + self.attention_out(attended.transpose(1, 2).reshape(batch, length, -1))
+        attended = multi_head_attention(query, key, self.value(normed), self.num_heads)
+        tokens = tokens + self.attention_out(attended)
         return tokens + self.mlp(self.mlp_norm(tokens))

@@ -92,10 +92,22 @@ def pool_prior_to_grid(prior: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
     return F.adaptive_avg_pool2d(prior, grid)
 
 
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """Shapes: x (B, N, C), C a multiple of ``heads``. Returns: (B, heads, N, C / heads)."""
-    batch, length, channels = x.shape
-    return x.view(batch, length, heads, channels // heads).transpose(1, 2)
+def multi_head_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """Scaled dot-product attention of already projected queries, keys and values, split into
+    ``heads`` heads and merged back.
+
+    Shapes: query (B, N, C), key and value (B, M, C), C a multiple of ``heads``.
+    Returns: (B, N, C).
+    """
+    batch, length, channels = query.shape
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, heads, L, C / heads)
+        return x.view(x.shape[0], x.shape[1], heads, channels // heads).transpose(1, 2)
+
+    attended = F.scaled_dot_product_attention(split(query), split(key), split(value))
+    return attended.transpose(1, 2).reshape(batch, length, channels)
 
 
 class PixelWordAttention(nn.Module):
@@ -206,17 +218,11 @@ class AttentionStructure(nn.Module):
         self, tokens: torch.Tensor, field: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
         """Shapes: tokens (B, N, C), field (B, N, P), N = h*w. Returns: (B, N, C)."""
-        batch, length, channels = tokens.shape
+        channels = tokens.shape[-1]
         code = {"device": tokens.device, "dtype": tokens.dtype}
         query = self.query(self.norm(tokens) + sincos_2d(grid, channels, **code))
         key = self.key(field + sincos_2d(grid, field.shape[-1], **code))
-        heads = self.num_heads
-        attended = F.scaled_dot_product_attention(
-            split_heads(query, heads),
-            split_heads(key, heads),
-            split_heads(self.value(field), heads),
-        )  # (B, heads, N, C / heads)
-        return self.out(attended.transpose(1, 2).reshape(batch, length, channels))
+        return self.out(multi_head_attention(query, key, self.value(field), self.num_heads))
 
 
 class ModalityGate(nn.Module):
