@@ -35,6 +35,7 @@ from pipeline.datasets.manifest import image_root, read_pairs
 from pipeline.store.layout import fsync_path, list_parts, part_index_path
 from pipeline.store.reader import PriorStore
 from pipeline.store.writer import PriorRows, PriorWriter, writer_part
+from pipeline.tables import parquet_rows
 from pipeline.teachers import Teacher, build_teacher
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def _indexed_rows(store_dir: str | Path) -> dict[int, int]:
     rows = {}
     for part in list_parts(store_dir):
         try:
-            rows[part] = pq.read_metadata(part_index_path(store_dir, part)).num_rows
+            rows[part] = parquet_rows(part_index_path(store_dir, part))
         except (OSError, pa.ArrowException):
             rows[part] = 0
     return rows

@@ -20,9 +20,26 @@ def write_table_atomic(table: pa.Table, path: str | Path, **parquet_options: Any
     tmp.replace(path)
 
 
+def read_parquet(path: str | Path) -> pa.Table:
+    """The Parquet file at ``path``, read through one open file.
+
+    ``pq.read_table(path)`` takes the file's size, then opens it again to read: a writer's
+    atomic rename in between pairs the old file's size with the new file's bytes ("Page was
+    smaller than expected"), which a third of reads hit beside a process rewriting the file
+    (``tests/test_pipeline/test_tables.py``). An open file stays the one it opened."""
+    with pa.OSFile(str(path)) as source:
+        return pq.read_table(source)
+
+
+def parquet_rows(path: str | Path) -> int:
+    """Rows in the Parquet file at ``path``, from its footer, through one open file."""
+    with pa.OSFile(str(path)) as source:
+        return pq.read_metadata(source).num_rows
+
+
 def read_table(path: str | Path, what: str, made_by: str) -> pa.Table:
     """Read a stage's Parquet output; a missing file names the command that makes it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path} (run `{made_by}` first)")
-    return pq.read_table(path)
+    return read_parquet(path)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from pipeline.tables import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def fsync_path(path: Path) -> None:
 def read_index(path: Path) -> pa.Table:
     """A part's index; raises ``ValueError`` naming the file if it is unreadable."""
     try:
-        table = pq.read_table(path)
+        table = read_parquet(path)
     except (OSError, pa.ArrowException) as err:
         raise ValueError(f"unreadable prior index {path}: {err}") from err
     missing = set(INDEX_SCHEMA.names) - set(table.column_names)
