@@ -54,7 +54,9 @@ budget / 100 with params.yaml's ``split.seed`` (at least one image: 0.1 % of the
 that is the data folder's own partition. A budget moves images between the roles, so a row
 that reads the teacher needs a prior for every train pair (the default data folders have
 them: ``priors.splits`` covers both roles) and refuses to start otherwise. Runs live under
-``<work>/<row>/budget<pct>/seed<k>/``. Writes ``benchmarks/results/label_budget.json`` (val
+``<work>/<row>/budget<pct>/seed<k>/``, except at the budget whose partition is the data
+folder's own: those are the rows' own runs (``<work>/<row>/seed<k>/``), shared with the
+tables rather than trained twice. Writes ``benchmarks/results/label_budget.json`` (val
 oIoU mean and std over seeds per method and budget, the partitions' counts),
 ``label_budget.md`` and the figure ``label_budget.png``; ``--report-only`` redraws them from
 the finished runs.
@@ -326,6 +328,18 @@ def label_counts(manifests: Path) -> dict[str, int]:
     }
 
 
+def partition_record(manifests: Path, labels: float, split_seed: int) -> dict[str, Any]:
+    """What a label budget's partition is: the percentage asked for, the seed that drew it
+    and :func:`label_counts`."""
+    return {"percent": labels, "split_seed": split_seed, **label_counts(manifests)}
+
+
+def is_own_partition(manifests: Path) -> bool:
+    """Whether a folder of :func:`manifests_folder` holds the data folder's own partition
+    (a link to it), so that its runs are the rows' own."""
+    return (manifests / "partition.parquet").is_symlink()
+
+
 def check_train_priors(params_path: Path, what: str) -> None:
     """Refuse a run whose method reads the teacher unless every train pair has a prior.
 
@@ -484,8 +498,7 @@ def run_row(setup: Setup, row: Row, seed: int) -> dict:
     }
     if setup.labels is not None:
         manifests = Path(params["paths"]["manifests"])
-        counts = label_counts(manifests)
-        result["labels"] = {"percent": setup.labels, "split_seed": setup.split_seed, **counts}
+        result["labels"] = partition_record(manifests, setup.labels, setup.split_seed)
     paths.result.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -555,12 +568,13 @@ def markdown_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def budget_point(row: Row, labels: float, results: list[dict]) -> dict[str, Any]:
-    """One point of the label-budget sweep: a row's figures over seeds at ``labels`` %."""
+def budget_point(row: Row, partition: dict[str, Any], results: list[dict]) -> dict[str, Any]:
+    """One point of the label-budget sweep: a row's figures over seeds on ``partition`` (a
+    :func:`partition_record`)."""
     summary = summarize(row, results)
     for key in ("row", "label", "paper_val_oIoU"):  # per method; the paper's are at 5 %
         del summary[key]
-    return {"percent": labels, "labels": results[0].get("labels"), **summary}
+    return {"percent": partition["percent"], "labels": partition, **summary}
 
 
 def label_budget_payload(
@@ -774,16 +788,21 @@ def sweep_label_budgets(args: argparse.Namespace, setup: Setup, rows: list[Row],
         setup.budget, data, setup.split_seed, args.label_budgets, rows, points
     )
     for labels in args.label_budgets:
-        at_budget = replace(setup, labels=labels)
+        manifests = manifests_folder(setup.data, labels, setup.split_seed)
+        partition = partition_record(manifests, labels, setup.split_seed)
+        # The data folder's own partition (5 % at the pipeline's seed) trains exactly the
+        # tables' rows: their runs are this point's, not repeated under budget<pct>/.
+        run_labels = None if is_own_partition(manifests) else labels
+        at_budget = replace(setup, labels=run_labels)
         for row in rows:
             if args.report_only:
-                results = [finished(setup.work, row, seed, labels) for seed in seeds]
+                results = [finished(setup.work, row, seed, run_labels) for seed in seeds]
                 results = [r for r in results if r is not None]
                 if not results:
                     continue
             else:
                 results = [run_row(at_budget, row, seed) for seed in seeds]
-            points[row.name].append(budget_point(row, labels, results))
+            points[row.name].append(budget_point(row, partition, results))
             payload = label_budget_payload(
                 setup.budget, data, setup.split_seed, args.label_budgets, rows, points
             )

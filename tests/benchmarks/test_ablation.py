@@ -198,7 +198,7 @@ def test_budget_runs_need_a_prior_for_every_train_pair(ablation, trainer_workspa
     check("fixed_fusion")
 
 
-def fake_result(row: str, seed: int, labels: float, val: float) -> dict:
+def fake_result(row: str, seed: int, val: float) -> dict:
     """A run_row result as a finished run leaves it (no training)."""
     scores = {"oIoU": val, "mIoU": val - 0.01}
     return {
@@ -210,34 +210,46 @@ def fake_result(row: str, seed: int, labels: float, val: float) -> dict:
         "train_s": 10.0,
         "eval_s": 1.0,
         "budget": {},
-        "labels": {"percent": labels, "split_seed": 22, "labeled_images": 1},
     }
 
 
-def test_report_only_writes_the_budget_json_table_and_figure(ablation, tmp_path):
+def test_report_only_writes_the_budget_json_table_and_figure(ablation, trainer_workspace, tmp_path):
+    """At 25 %, the workspace's own partition, the sweep's points are the rows' own runs
+    (<work>/<row>/seed<k>); at 12.5 % (2 of 16 images) they are the budget's runs."""
+    data = linked_data(tmp_path, trainer_workspace)
     work, out = tmp_path / "work", tmp_path / "results" / "label_budget.json"
-    vals = {("supervised", 1): [0.20, 0.30], ("supervised", 5): [0.40], ("full", 5): [0.5, 0.6]}
+    vals = {
+        ("supervised", 12.5): [0.2, 0.3],
+        ("supervised", None): [0.4],
+        ("full", None): [0.5, 0.6],
+    }
     rows = {r.name: r for r in ablation.ROWS}
     for (row, labels), by_seed in vals.items():
         for k, val in enumerate(by_seed):
             folder = ablation.run_folder(work, rows[row], 22 + k, labels)
             folder.mkdir(parents=True)
-            (folder / "result.json").write_text(json.dumps(fake_result(row, 22 + k, labels, val)))
-    args = ["--label-budgets", "5,1", "--report-only", "--seeds", "2", "--epochs", "2"]
-    ablation.main([*args, "--work", str(work), "--data", str(tmp_path), "--out", str(out)])
+            (folder / "result.json").write_text(json.dumps(fake_result(row, 22 + k, val)))
+    args = ["--label-budgets", "25,12.5", "--report-only", "--seeds", "2", "--epochs", "2"]
+    ablation.main([*args, "--work", str(work), "--data", str(data), "--out", str(out)])
 
     payload = json.loads(out.read_text())
-    assert payload["label_budgets"] == [1, 5] and payload["budget"]["epochs"] == 2
+    assert payload["label_budgets"] == [12.5, 25] and payload["budget"]["epochs"] == 2
     methods = {m["row"]: m["budgets"] for m in payload["methods"]}
     assert list(methods) == ["supervised", "full"]  # fixmatch, fixed_fusion: nothing finished
-    sup_1, sup_5 = methods["supervised"]
-    assert (sup_1["percent"], sup_1["seeds"]) == (1, [22, 23])
-    assert sup_1["val_oIoU_none"] == pytest.approx([0.25, statistics.stdev([0.2, 0.3])])
-    assert sup_5["val_oIoU_none"] == [0.4, 0.0] and sup_1["labels"]["labeled_images"] == 1
+    sup_low, sup_own = methods["supervised"]
+    assert (sup_low["percent"], sup_low["seeds"]) == (12.5, [22, 23])
+    assert sup_low["val_oIoU_none"] == pytest.approx([0.25, statistics.stdev([0.2, 0.3])])
+    assert sup_own["val_oIoU_none"] == [0.4, 0.0]
+    assert (sup_low["labels"]["labeled_images"], sup_own["labels"]["labeled_images"]) == (2, 4)
+    assert sup_own["labels"] == {
+        "percent": 25,
+        "split_seed": 22,
+        **ablation.label_counts(data / "manifests"),
+    }
     assert methods["full"][0]["val_oIoU_none"][0] == pytest.approx(0.55)
-    assert (
-        out.with_suffix(".md").read_text().splitlines()[2] == "| supervised | 25.0 ± 7.1 | 40.0 |"
-    )
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert table[0] == "| row | 12.5 % | 25 % |"
+    assert table[2] == "| supervised | 25.0 ± 7.1 | 40.0 |"
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
