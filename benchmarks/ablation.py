@@ -621,11 +621,13 @@ def draw_label_budget(payload: dict[str, Any], path: Path) -> Path:
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = figure.add_subplot()
     seeds: set[int] = set()
+    per_point: set[int] = set()  # seeds behind each point: a partial sweep mixes counts
     for method in payload["methods"]:
         points = [p for p in method["budgets"] if p.get("val_oIoU_none")]
         if not points:
             continue
         seeds.update(seed for p in points for seed in p["seeds"])
+        per_point.update(len(p["seeds"]) for p in points)
         ax.errorbar(
             [p["percent"] for p in points],
             [100 * p["val_oIoU_none"][0] for p in points],
@@ -644,7 +646,9 @@ def draw_label_budget(payload: dict[str, Any], path: Path) -> Path:
     ax.set_title(
         f"{budget['epochs'] * budget['steps_per_epoch']} steps of {budget['batch_size_x']} "
         f"labelled + {budget['batch_size_u']} unlabelled pairs at {budget['image_size']} px\n"
-        f"seeds {', '.join(map(str, sorted(seeds))) or 'none'} (error bars: std over seeds)",
+        f"seeds {', '.join(map(str, sorted(seeds))) or 'none'}"
+        + (f", {min(per_point)}-{max(per_point)} per point" if len(per_point) > 1 else "")
+        + " (error bars: std over seeds)",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
