@@ -32,10 +32,10 @@ from pipeline.contract import (
     teacher_identity,
 )
 from pipeline.datasets.manifest import image_root, read_pairs
-from pipeline.store.layout import fsync_path, list_parts, part_index_path
+from pipeline.store.layout import list_parts, part_index_path
 from pipeline.store.reader import PriorStore
 from pipeline.store.writer import PriorRows, PriorWriter, writer_part
-from pipeline.tables import parquet_rows
+from pipeline.tables import parquet_rows, write_table_atomic
 from pipeline.teachers import Teacher, build_teacher
 
 log = logging.getLogger(__name__)
@@ -177,16 +177,8 @@ class CuesLog:
         if not self.current:
             path.unlink(missing_ok=True)
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            pq.write_table(pa.Table.from_pylist(self.current, schema=CUES_SCHEMA), tmp)
-            if self.fsync:
-                fsync_path(tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(path)
+        cues = pa.Table.from_pylist(self.current, schema=CUES_SCHEMA)
+        write_table_atomic(cues, path, fsync=self.fsync)
 
 
 def image_batches(pairs: list[dict], max_pairs: int) -> list[list[dict]]:

@@ -1,8 +1,9 @@
-"""Parquet files that stages hand to each other: written atomically, read with a hint
-naming the command that makes them."""
+"""Parquet files that stages hand to each other: written atomically (durably where asked),
+read whole beside a writer, with a hint naming the command that makes them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,37 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def write_table_atomic(table: pa.Table, path: str | Path, **parquet_options: Any) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's (its entries') data to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # zarr deletes a chunk that became all fill value
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_table_atomic(
+    table: pa.Table, path: str | Path, *, fsync: bool = False, **parquet_options: Any
+) -> None:
     """Write ``table`` to a temp file beside ``path`` and rename it over ``path``, so a reader
-    (or a crash) never sees half a file."""
+    (or a crash) never sees half a file. With ``fsync`` the file and then the rename reach
+    the disk before it returns. A failed write removes its temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp, **parquet_options)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        pq.write_table(table, tmp, **parquet_options)
+        if fsync:
+            fsync_path(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written temp on a full disk only wastes space
+        raise
     tmp.replace(path)
+    if fsync:
+        fsync_path(path.parent)
 
 
 def read_parquet(path: str | Path) -> pa.Table:

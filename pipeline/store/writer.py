@@ -13,14 +13,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.store.layout import (
     ARRAYS,
     FORMAT_VERSION,
     INDEX_SCHEMA,
     check_part_matches,
-    fsync_path,
     package_versions,
     part_index_path,
     part_lock_path,
@@ -31,6 +29,7 @@ from pipeline.store.layout import (
 )
 from pipeline.store.lock import PartLock
 from pipeline.store.rows import PriorRows, create_arrays, validated_columns
+from pipeline.tables import fsync_path, write_table_atomic
 
 __all__ = ["PriorRows", "PriorWriter", "StoreWriteError", "writer_part"]
 
@@ -69,20 +68,6 @@ def writer_part(
         except ValueError as err:
             log.info("not appending to %s: %s", zarr_path.name, err)
         part += world_size
-
-
-def _write_index_atomic(table: pa.Table, path: Path, fsync: bool) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        pq.write_table(table, tmp)
-        if fsync:
-            fsync_path(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a half-written temp on a full disk only wastes space
-        raise
-    tmp.replace(path)
-    if fsync:
-        fsync_path(path.parent)
 
 
 class PriorWriter:
@@ -276,7 +261,7 @@ class PriorWriter:
             schema=INDEX_SCHEMA,
         )
         index = pa.concat_tables([self._index, batch])
-        _write_index_atomic(index, self.index_path, self._fsync)
+        write_table_atomic(index, self.index_path, fsync=self._fsync)
         self._index, self.rows = index, stop
 
     def _written_files(self, start: int, stop: int) -> list[Path]:

@@ -8,6 +8,7 @@ import errno
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr.storage._local as zarr_local
@@ -15,7 +16,6 @@ from fault_injection import leftovers, load_cfg, priors_variant, store_snapshot
 from trainer_workspace import variant
 from typer.testing import CliRunner
 
-import pipeline.store.writer as store_writer
 from l2l_train.checkpoint import CheckpointWriteError, load_checkpoint
 from l2l_train.config import load_trainer_params
 from l2l_train.loop import run_training
@@ -126,8 +126,8 @@ def test_full_disk_during_the_index_write_keeps_the_previous_index(
 ):
     cfg = load_cfg(priors_variant(generate_workspace, tmp_path))
     priors = Path(cfg.paths.priors)
-    # pyarrow.parquet is one module: the cues' writes come through here too.
-    real_write, calls = store_writer.pq.write_table, []
+    # Every atomic table write (the index, the cues) goes through pyarrow.parquet.write_table.
+    real_write, calls = pq.write_table, []
 
     def write_table(table, where, **kwargs):
         if str(where).endswith(".index.parquet.tmp"):
@@ -138,7 +138,7 @@ def test_full_disk_during_the_index_write_keeps_the_previous_index(
         return real_write(table, where, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(store_writer.pq, "write_table", write_table)
+        patch.setattr(pq, "write_table", write_table)
         with pytest.raises(StoreWriteError, match="No space left"):
             generate(cfg, "unlabeled")
     assert PriorStore.open(priors, verify=True).verify_report.ok

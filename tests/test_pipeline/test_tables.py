@@ -50,3 +50,36 @@ def test_a_file_replaced_while_it_is_read_is_read_whole(tmp_path):
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_parquet(tmp_path / "absent.parquet")
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    """The prior index, the cue logs and the stage tables share this writer: a write that
+    fails (a full disk) must neither touch the file readers see nor leave its temp behind."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "index.parquet"
+    write_table_atomic(_version(8), path)
+
+    def disk_full(table, where, **options):
+        where.write_bytes(b"PAR1 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_table_atomic(_version(16), path, fsync=True)
+    assert read_parquet(path).num_rows == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["index.parquet"]
+
+
+def test_a_durable_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    import pipeline.tables as tables
+
+    synced = []
+    monkeypatch.setattr(tables, "fsync_path", synced.append)
+    path = tmp_path / "sub" / "cues.parquet"
+    write_table_atomic(_version(8), path, fsync=True)
+    assert synced == [path.with_name("cues.parquet.tmp"), path.parent]
+    assert parquet_rows(path) == 8
+    synced.clear()
+    write_table_atomic(_version(8), path)
+    assert synced == []

@@ -244,14 +244,14 @@ def test_sigkill_after_data_before_index_never_indexes_unwritten_rows(tmp_path):
     _run_and_kill(
         tmp_path,
         """
-        write_index = store._write_index_atomic
+        write_index = store.write_table_atomic
         calls = []
         def dying_write_index(*args, **kwargs):
             calls.append(1)
             if len(calls) == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
             write_index(*args, **kwargs)
-        store._write_index_atomic = dying_write_index
+        store.write_table_atomic = dying_write_index
         w = writer(store_dir)
         w.write(make_rows(0, 8))
     """,
