@@ -94,6 +94,13 @@ def synchronize(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- timing
 
 
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    """The arms' order in round ``round_index``: each arm goes first in turn, so drift in the
+    machine's speed hits all of them alike."""
+    shift = round_index % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
 def interleaved_blocks(
     arms: Mapping[str, Callable[[], object]],
     *,
@@ -122,8 +129,7 @@ def interleaved_blocks(
     names = list(arms)
     means: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, round_index):
             for _ in range(settle):
                 arms[name]()
             synchronize(device)

@@ -69,7 +69,7 @@ from l2l_train.model import build_segmentor, build_tokenizer, count_parameters
 from l2l_train.model.segmentor import paper_size_config
 from l2l_train.pairs import open_teacher_store, pair_source
 from l2l_train.runtime import start_runtime, to_device
-from l2l_train.step import Student
+from l2l_train.step import Student, with_flips
 from l2l_train.targets import plan_method
 from l2l_train.trainer import Trainer
 from pipeline.config import to_dict
@@ -181,7 +181,14 @@ def build_setup(params: TrainerParams, *, random_init: bool, total_steps: int) -
     return Setup(
         params,
         Trainer(
-            Student(cfg, plan, rt, model, tokenizer, source_x.expression + source_u.expression),
+            Student(
+                cfg,
+                plan,
+                rt,
+                model,
+                tokenizer,
+                with_flips(source_x.expression + source_u.expression),
+            ),
             total_steps,
         ),
         LabeledPairs(source_x, cfg.seed, cfg.augment),

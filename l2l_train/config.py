@@ -364,6 +364,9 @@ class TrainConfig:
     amp: bool = runtime_only(True)  # bf16 autocast on CUDA; CPU always runs fp32
     # DataLoader workers per stream (labelled, unlabelled)
     num_workers: int = bounded(1, 0, 64, runtime_only=True)
+    # MiB of training pairs' input-frame images, masks and priors each loader process keeps,
+    # so a pair visited again is not decoded, read and resized again; 0 = none.
+    loader_cache_mb: int = bounded(512, 0, runtime_only=True)
     # Also write `latest` every N steps; 0 = epochs only.
     checkpoint_every_steps: int = bounded(0, 0, runtime_only=True)
     # Steps between log lines (readable where no progress bar is).

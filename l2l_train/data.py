@@ -194,8 +194,9 @@ def train_loader(
 class EvalPairs(Dataset):
     """Every pair of a selection, in manifest order, unaugmented.
 
-    Item: image (3, S, S) uint8, input_ids / attention_mask (T,), prior (1, S, S) float,
-    prior_present bool, mask (H, W) uint8 at the original resolution, index int.
+    Item: image (3, S, S) uint8, input_ids / attention_mask (T,), expression str (for a
+    frozen text encoder's cached features), prior (1, S, S) float, prior_present bool, mask
+    (H, W) uint8 at the original resolution, index int.
     """
 
     def __init__(self, source: PairSource) -> None:
@@ -212,6 +213,7 @@ class EvalPairs(Dataset):
             "image": self.source.image(i),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
+            "expression": self.source.expression[i],
             "prior": prior,
             "prior_present": present,
             "mask": self.source.mask_original(i),

@@ -28,6 +28,7 @@ from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
 from l2l_train.pairs import normalize_images, open_teacher_store, pair_source
 from l2l_train.runtime import autocast, resolve_device
+from l2l_train.text_cache import FrozenTextCache
 from pipeline.datasets.manifest import expand_splits
 from pipeline.schema import build_section
 
@@ -50,9 +51,11 @@ def evaluate(
     device: torch.device,
     amp: bool,
     threshold: float,
+    text_cache: FrozenTextCache | None = None,
 ) -> dict[str, float]:
     """Score every pair of ``loader`` (a :func:`~l2l_train.data.eval_loader`); restores the
-    model's train/eval mode afterwards.
+    model's train/eval mode afterwards. ``text_cache``: the frozen text encoder's features of
+    the pairs' expressions, read instead of encoding them in every forward (None: encode).
 
     Returns: oIoU, mIoU and prec@0.5 ... prec@0.9 over the pairs of every rank.
     """
@@ -60,13 +63,20 @@ def evaluate(
     model.eval()
     accumulator = IoUAccumulator(device=device)
     for batch in loader:
+        text = (
+            {
+                "input_ids": batch["input_ids"].to(device),
+                "attention_mask": batch["attention_mask"].to(device),
+            }
+            if text_cache is None
+            else text_cache.inputs(batch["expression"])
+        )
         with autocast(device, amp):
             logits = model(
                 normalize_images(batch["image"].to(device)),
-                batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
-                batch["prior"].to(device),
-                batch["prior_present"].to(device),
+                prior=batch["prior"].to(device),
+                prior_present=batch["prior_present"].to(device),
+                **text,
             )
         for logit, gt in zip(logits, batch["mask"], strict=True):
             prob = torch.sigmoid(upsample_logits(logit, tuple(gt.shape)))  # (1, h, w)
@@ -107,6 +117,11 @@ def run_eval(
     results = {}
     for split in splits:
         source = pair_source(params, split, tokenizer, image_size, store, require_priors=True)
+        text_cache = (
+            None
+            if model.text.trainable
+            else FrozenTextCache(model.text, tokenizer, device, source.expression)
+        )
         loader = eval_loader(
             EvalPairs(source),
             params.eval.batch_size,
@@ -115,7 +130,12 @@ def run_eval(
             num_workers=params.train.num_workers,
         )
         metrics = evaluate(
-            model, loader, device=device, amp=params.train.amp, threshold=params.eval.threshold
+            model,
+            loader,
+            device=device,
+            amp=params.train.amp,
+            threshold=params.eval.threshold,
+            text_cache=text_cache,
         )
         results[split] = {**metrics, "pairs": len(source), "prior_coverage": source.prior_coverage}
         log.info(

@@ -61,8 +61,9 @@ from l2l_train.runtime import (
     stop_runtime,
     to_device,
 )
-from l2l_train.step import Student
+from l2l_train.step import Student, with_flips
 from l2l_train.targets import MethodPlan, plan_method
+from l2l_train.text_cache import FrozenTextCache
 from l2l_train.trainer import Trainer
 from l2l_train.tuning import alpha_grid, best_alpha, fusion_scores, holdout_rows, log_choice
 from pipeline.config import to_dict
@@ -140,13 +141,25 @@ class Run:
             )
             self.alphas = alpha_grid(tuned.grid)
         source_x = pair_source(
-            params, "labeled", self.tokenizer, cfg.image_size, store, rows=rows_x
+            params,
+            "labeled",
+            self.tokenizer,
+            cfg.image_size,
+            store,
+            rows=rows_x,
+            cache_mb=cfg.loader_cache_mb,
         )
         self.data_x = LabeledPairs(source_x, cfg.seed, cfg.augment)
         self.data_u = None
         if self.plan.unlabeled:
             source_u = pair_source(
-                params, "unlabeled", self.tokenizer, cfg.image_size, store, require_priors=True
+                params,
+                "unlabeled",
+                self.tokenizer,
+                cfg.image_size,
+                store,
+                require_priors=True,
+                cache_mb=cfg.loader_cache_mb,
             )
             self.data_u = UnlabeledPairs(source_u, cfg.seed, cfg.augment)
         val_store = open_teacher_store(params) if params.eval.prior == "teacher" else None
@@ -176,7 +189,16 @@ class Run:
         expressions = self.data_x.source.expression
         if self.data_u is not None:
             expressions = expressions + self.data_u.source.expression
-        student = Student(cfg, self.plan, rt, model, self.tokenizer, expressions)
+        student = Student(cfg, self.plan, rt, model, self.tokenizer, with_flips(expressions))
+        # Validation reads its own table: added to the training one, it would change how
+        # that one is batched, and with it the training features' rounding.
+        self.val_text = (
+            None
+            if model.text.trainable
+            else FrozenTextCache(
+                model.text, self.tokenizer, rt.device, self.data_val.source.expression
+            )
+        )
         self.trainer = Trainer(student, self.total_steps)
         self.progress = RunState()
         self.stats = EpochStats(rt.device)
@@ -288,6 +310,7 @@ class Run:
             device=self.rt.device,
             amp=self.rt.amp,
             threshold=self.params.eval.threshold,
+            text_cache=self.val_text,
         )
         return {f"val/{k}": v for k, v in metrics.items()}
 

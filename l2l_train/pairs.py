@@ -17,8 +17,9 @@ Pairs with no usable prior (not in the store, e.g. labelled pairs when ``priors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -103,12 +104,38 @@ def prior_keys(store: PriorStore, sample_ids: Sequence[str]) -> list[str | None]
     return keys
 
 
+class FillCache:
+    """Values by key (a tensor, or a tuple holding tensors), kept until ``budget_bytes`` of
+    tensors are held; after that nothing more is added. No eviction: under random visits an
+    evicting cache would miss about as often, and pay for bookkeeping. Values are shared:
+    callers must not modify them in place."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes, self.held_bytes = budget_bytes, 0
+        self.values: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The value of ``key``, made by ``make()`` on a miss."""
+        if key in self.values:
+            return self.values[key]
+        value = make()
+        parts = value if isinstance(value, tuple) else (value,)
+        size = sum(t.numel() * t.element_size() for t in parts if isinstance(t, Tensor))
+        if self.held_bytes + size <= self.budget_bytes:
+            self.values[key] = value
+            self.held_bytes += size
+        return value
+
+
 class PairSource:
     """Manifest rows of one selection (a partition role or a dataset split) and how to load
     one pair in the input frame. Picklable, for DataLoader workers; the store opens its Zarr
     arrays lazily in each process that reads from it.
 
     ``store`` None means the pairs are read without priors (every pair absent).
+    ``cache_mb``: input-frame images, masks and priors are kept in memory, up to this many
+    MiB per process (each DataLoader worker holds its own), so a pair visited again is not
+    decoded, read from the store and resized again; 0 keeps nothing.
     """
 
     def __init__(
@@ -118,6 +145,7 @@ class PairSource:
         image_size: int,
         tokenizer: TextTokenizer,
         store: PriorStore | None = None,
+        cache_mb: int = 0,
     ) -> None:
         if rows.num_rows == 0:
             raise ValueError("no pairs selected: the manifest selection is empty")
@@ -137,6 +165,7 @@ class PairSource:
         self.prior_key = (
             prior_keys(store, self.sample_id) if store is not None else [None] * len(self)
         )
+        self.cache = FillCache(cache_mb * 2**20)
 
     def __len__(self) -> int:
         return len(self.sample_id)
@@ -155,6 +184,10 @@ class PairSource:
     def image(self, i: int) -> Tensor:
         """(3, S, S) uint8 in the input frame. An unreadable image raises ``OSError`` naming
         the sample and the file (prepare skips them: one missing since is a changed dataset)."""
+        path = self.image_path[i]
+        return self.cache.get(("image", path), lambda: self._read_image(i))
+
+    def _read_image(self, i: int) -> Tensor:
         try:
             rgb = load_rgb(self.image_root / self.image_path[i])
         except OSError as err:
@@ -175,11 +208,16 @@ class PairSource:
 
     def mask(self, i: int) -> Tensor:
         """(S, S) uint8 ground truth in the input frame."""
-        return resize_mask(self.mask_original(i).numpy(), self.image_size)
+        return self.cache.get(
+            ("mask", i), lambda: resize_mask(self.mask_original(i).numpy(), self.image_size)
+        )
 
     def prior(self, i: int) -> tuple[Tensor, bool]:
         """(1, S, S) float prior in the input frame and whether it is usable (stored with
         status OK); an absent prior reads as zeros."""
+        return self.cache.get(("prior", i), lambda: self._read_prior(i))
+
+    def _read_prior(self, i: int) -> tuple[Tensor, bool]:
         key = self.prior_key[i]
         if key is None:
             return torch.zeros(1, self.image_size, self.image_size), False
@@ -217,10 +255,12 @@ def pair_source(
     *,
     require_priors: bool = False,
     rows: pa.Table | None = None,
+    cache_mb: int = 0,
 ) -> PairSource:
     """The pairs of ``selection``: a partition role (labeled / unlabeled) or a dataset split
     (val, test, testA, ...), with their priors from ``store`` where it holds them; ``rows``:
-    these manifest rows of it instead (a part, e.g. tuned_fusion's held-out labelled pairs).
+    these manifest rows of it instead (a part, e.g. tuned_fusion's held-out labelled pairs);
+    ``cache_mb``: :class:`PairSource`'s in-memory budget per process.
 
     ``require_priors``: the selection is meant to have priors (unlabelled pairs of a method
     that reads the teacher, evaluation with ``eval.prior: teacher``), so none at all means
@@ -232,6 +272,7 @@ def pair_source(
         image_size,
         tokenizer,
         store,
+        cache_mb,
     )
     if store is None or not require_priors:
         return source

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from l2l_train.augment import flip_expression
 from l2l_train.config import TrainConfig
 from l2l_train.data import EVAL_ONLY_FIELDS, derive_seed
 from l2l_train.eda import Synonyms, load_synonyms, strong_expressions
@@ -59,6 +60,12 @@ from l2l_train.targets import (
     static_thresholds,
 )
 from l2l_train.text_cache import FrozenTextCache, sentence_embedder
+
+
+def with_flips(expressions: Sequence[str]) -> list[str]:
+    """Each expression and its left/right-flipped form (:func:`~l2l_train.augment.flip_expression`),
+    the text of a flipped weak view."""
+    return [form for e in expressions for form in (e, flip_expression(e))]
 
 
 class UnlabeledTargets(NamedTuple):
@@ -107,8 +114,8 @@ class Student:
         tokenizer: TextTokenizer,
         expressions: Sequence[str] = (),
     ) -> None:
-        """``expressions``: the training pairs' texts, whose features a frozen text encoder
-        computes once (any other text is encoded when met)."""
+        """``expressions``: the texts whose features a frozen text encoder computes once (the
+        training pairs' :func:`with_flips`); any other text is encoded when met."""
         self.cfg, self.plan, self.rt = cfg, plan, rt
         self.model, self.ddp_model = model, model
         self.tokenizer = tokenizer
@@ -143,8 +150,7 @@ class Student:
             input_ids, attention_mask = self.tokenizer(expressions)
             device = self.rt.device
             return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-        words, word_mask = self.text_cache.words(expressions)
-        return {"input_ids": None, "attention_mask": None, "words": words, "word_mask": word_mask}
+        return self.text_cache.inputs(expressions)
 
     def set_fusion_alpha(self, alpha: float) -> None:
         """The linear target's weight on ``p_w`` from now on (tuned_fusion)."""

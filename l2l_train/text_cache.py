@@ -1,12 +1,14 @@
-"""Text features for the step: a *frozen* encoder's, computed once per training expression
-(:class:`FrozenTextCache`), and sentence embeddings of a trainable one (:func:`sentence_embedder`).
+"""Text features for the step and for evaluation: a *frozen* encoder's, computed once per
+expression (:class:`FrozenTextCache`), and sentence embeddings of a trainable one
+(:func:`sentence_embedder`).
 
 With ``model.text.trainable: false`` an expression's word features never change, yet a step
 encodes every labelled, weak and strong expression and the ``text_candidates + 1`` EDA
-candidates of every unlabelled one (about 40 % of the embedded default's step FLOPs). The
-training expressions (and their left/right-flipped forms, the weak view's text) are encoded
-once, when the cache is built; a text outside that table (an EDA edit) is encoded when asked
-for, with the other such texts of the same call.
+candidates of every unlabelled one (about 40 % of the embedded default's step FLOPs), and an
+evaluation encodes every pair's expression again (about 40 % of its forward time). The texts
+the cache is built with (the training expressions with their left/right-flipped forms, the
+weak view's text, and the validation expressions) are encoded once; a text outside that table
+(an EDA edit) is encoded when asked for, with the other such texts of the same call.
 
 Exactness: the table is filled in one fixed order, and an outside text is encoded only with
 the texts of its own call, never in company that depends on what was asked before. Encoder
@@ -21,7 +23,6 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from l2l_train.augment import flip_expression
 from l2l_train.model.text import TextEncoder, TextTokenizer
 
 # Texts per text-encoder call when filling the table.
@@ -42,7 +43,7 @@ class FrozenTextCache:
         if text.trainable:
             raise ValueError("FrozenTextCache needs a frozen text encoder (model.text.trainable)")
         self.text, self.tokenizer, self.device = text, tokenizer, device
-        table = sorted({form for e in expressions for form in (e, flip_expression(e))})
+        table = sorted(set(expressions))
         self.table: dict[str, Tensor] = {}  # text -> (L, D) features of its real tokens
         for start in range(0, len(table), ENCODE_BATCH):
             chunk = table[start : start + ENCODE_BATCH]
@@ -74,6 +75,12 @@ class FrozenTextCache:
             words[i, : row.shape[0]] = row
             word_mask[i, : row.shape[0]] = True
         return words, word_mask
+
+    def inputs(self, texts: Sequence[str]) -> dict[str, Tensor | None]:
+        """The segmentor's text keyword arguments for ``texts``: :meth:`words` in place of
+        token ids."""
+        words, word_mask = self.words(texts)
+        return {"input_ids": None, "attention_mask": None, "words": words, "word_mask": word_mask}
 
     def sentences(self, texts: Sequence[str]) -> Tensor:
         """Returns: (B, D) mean-pooled word features, the sentence embedding MiniLM was trained

@@ -25,6 +25,7 @@ from l2l_train.model import build_tokenizer
 from l2l_train.pairs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FillCache,
     PairSource,
     normalize_images,
     open_teacher_store,
@@ -215,6 +216,46 @@ def test_visit_stream_splits_ranks_and_resumes():
         VisitStream(0, 2, 2)
 
 
+def test_fill_cache_keeps_values_until_its_budget_is_held():
+    cache = FillCache(budget_bytes=2 * 16)  # two float32 (2, 2) tensors
+    made = []
+
+    def make(value: float):
+        def fill():
+            made.append(value)
+            return torch.full((2, 2), value), True
+
+        return fill
+
+    first = cache.get("a", make(1.0))
+    assert cache.get("a", make(9.0)) is first and made == [1.0]  # a hit makes nothing
+    cache.get("b", make(2.0))
+    third = cache.get("c", make(3.0))  # over budget: returned, not kept
+    assert float(third[0][0, 0]) == 3.0 and third[1] is True
+    cache.get("c", make(3.0))
+    assert made == [1.0, 2.0, 3.0, 3.0]
+    assert sorted(cache.values) == ["a", "b"] and cache.held_bytes == 32
+
+
+def test_cached_pairs_read_as_uncached_and_once(params, tokenizer, monkeypatch):
+    store = open_teacher_store(params)
+    plain = pair_source(params, "unlabeled", tokenizer, IMAGE_SIZE, store)
+    cached = pair_source(params, "unlabeled", tokenizer, IMAGE_SIZE, store, cache_mb=16)
+    reads = []
+    store_get, image_read = PairSource._read_prior, PairSource._read_image
+    monkeypatch.setattr(PairSource, "_read_prior", lambda s, i: reads.append(i) or store_get(s, i))
+    monkeypatch.setattr(PairSource, "_read_image", lambda s, i: reads.append(i) or image_read(s, i))
+    for _ in range(2):
+        for i in range(3):
+            prior, present = cached.prior(i)
+            expected_prior, expected_present = plain.prior(i)
+            assert torch.equal(prior, expected_prior) and present == expected_present
+            assert torch.equal(cached.image(i), plain.image(i))
+            assert torch.equal(cached.mask(i), plain.mask(i))
+    # Pair 0's prior and image: read once by the cached source, at every visit by the plain one.
+    assert reads.count(0) == 2 + 2 * 2
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -230,3 +271,40 @@ def test_eval_uses_every_sentence_at_original_resolution(params, sources):
     height, width = rows["height"][0].as_py(), rows["width"][0].as_py()
     assert batch["mask"][0].shape == (height, width)
     assert batch["prior_present"].dtype == torch.bool and batch["prior_present"].all()
+
+
+def test_evaluation_reads_cached_text_features_as_the_encoder_computes_them(params, sources):
+    """Validation with the frozen text encoder's cached features scores what encoding every
+    batch scored (the same metrics up to rounding)."""
+    from l2l_train.data import eval_loader
+    from l2l_train.evaluate import evaluate
+    from l2l_train.model import build_segmentor
+    from l2l_train.text_cache import FrozenTextCache
+
+    torch.manual_seed(0)
+    model = build_segmentor(params.model)
+    cpu = torch.device("cpu")
+    cache = FrozenTextCache(
+        model.text, build_tokenizer(params.model.text), cpu, sources["val"].expression
+    )
+    data = EvalPairs(sources["val"])
+    scored = [
+        evaluate(
+            model,
+            eval_loader(data, 8, rank=0, world=1, num_workers=0),
+            device=cpu,
+            amp=False,
+            threshold=0.5,
+            text_cache=text_cache,
+        )
+        for text_cache in (None, cache)
+    ]
+    batch = collate_eval([data[i] for i in range(4)])
+    images = normalize_images(batch["image"])
+    with torch.no_grad():
+        encoded = model(images, batch["input_ids"], batch["attention_mask"])
+        cached = model(images, **cache.inputs(batch["expression"]))
+    torch.testing.assert_close(cached, encoded, atol=1e-4, rtol=1e-4)
+    assert scored[0].keys() == scored[1].keys()
+    for name, value in scored[0].items():
+        assert scored[1][name] == pytest.approx(value, abs=1e-3), name

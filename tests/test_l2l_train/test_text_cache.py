@@ -8,6 +8,7 @@ import torch
 
 from l2l_train.config import TextConfig
 from l2l_train.model import build_text_encoder, build_tokenizer
+from l2l_train.step import with_flips
 from l2l_train.text_cache import FrozenTextCache, sentence_embedder
 
 TEXTS = ["the red circle", "the second shape from the left", "the red circle"]
@@ -42,7 +43,7 @@ def test_training_expressions_and_their_flips_are_encoded_once(minilm):
         calls.append(list(texts))
         return tokenizer(texts)
 
-    cache = FrozenTextCache(text, counting, CPU, ["the circle on the left"])
+    cache = FrozenTextCache(text, counting, CPU, with_flips(["the circle on the left"]))
     assert sorted(cache.table) == ["the circle on the left", "the circle on the right"]
     assert len(calls) == 1
     cache.words(["the circle on the right", "the circle on the left"])
@@ -88,3 +89,22 @@ def test_sentence_embedder_means_the_real_tokens(minilm):
     embeddings = sentence_embedder(text, tokenizer, CPU)(TEXTS)
     assert embeddings.shape == (3, text.dim)
     torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_are_the_segmentors_text_arguments(minilm):
+    """What a forward reads in place of token ids: the cached words, no ids."""
+    text, tokenizer = minilm
+    cache = FrozenTextCache(text, tokenizer, CPU, TEXTS[:2])
+    inputs = cache.inputs(TEXTS)
+    words, word_mask = cache.words(TEXTS)
+    assert inputs["input_ids"] is None and inputs["attention_mask"] is None
+    assert torch.equal(inputs["words"], words) and torch.equal(inputs["word_mask"], word_mask)
+
+
+def test_with_flips_adds_each_expressions_mirror_image():
+    assert with_flips(["the left circle", "the red one"]) == [
+        "the left circle",
+        "the right circle",
+        "the red one",
+        "the red one",
+    ]

@@ -30,6 +30,7 @@ def test_runtime_only_keys_are_marked_once_for_both_halves():
         "data.workers",
         "data.verify_images",
         "train.num_workers",
+        "train.loader_cache_mb",
         "train.log_every",
         "train.checkpoint_every_steps",
         "train.device",
