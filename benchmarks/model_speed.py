@@ -2,8 +2,16 @@
 trainable parameter counts of the Baseline and +SESM at embedded and paper size.
 
     .venv/bin/python benchmarks/model_speed.py [--batch 8] [--size 128] [--steps 20] [--warmup 10]
+    .venv/bin/python benchmarks/model_speed.py --breakdown params.yaml [--batch 12]
 
 Prints a table and writes ``benchmarks/results/model_speed.json``.
+
+``--breakdown PARAMS``: where the training forward's time goes for that params file's model
+at its ``train.image_size`` (one thread; every pair with a prior, cached word features, as a
+step feeds it): milliseconds per forward of the visual encoder (its SESM conditioning,
+context blocks and prior field run inside it, and are also timed on their own), the FPN
+decoder and the full-resolution head, medians over ``--steps`` forwards; the whole forward+backward beside
+them. Writes ``benchmarks/results/model_breakdown.json``.
 """
 
 from __future__ import annotations
@@ -103,6 +111,73 @@ def run(batch: int, size: int, steps: int, warmup: int) -> dict:
     }
 
 
+def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> dict:
+    """Median ms per forward of each top-level part of ``params_path``'s segmentor."""
+    from l2l_train.config import load_trainer_params
+
+    torch.set_num_threads(1)
+    params = load_trainer_params(params_path)
+    size = params.train.image_size
+    torch.manual_seed(0)
+    model = build_segmentor(params.model).train()
+    input_ids, attention_mask = build_tokenizer(params.model.text)(
+        ["the second small red circle left of the square"] * batch
+    )
+    with torch.no_grad():
+        words, word_mask = model.text(input_ids, attention_mask)
+    images, prior = torch.randn(batch, 3, size, size), torch.rand(batch, 1, size, size)
+    parts = {
+        "visual (incl. conditioning, context, prior field)": model.visual,
+        "conditioning": model.conditioners,
+        "context": model.context,
+        "prior field": model.prior_field,
+        "decoder": model.decoder,
+        "full-resolution head": model.head,
+    }
+    spent = {name: 0.0 for name, part in parts.items() if part is not None}
+    for name, part in parts.items():
+        if part is None:
+            continue
+        modules = (
+            list(part.children())
+            if isinstance(part, torch.nn.ModuleDict | torch.nn.ModuleList)
+            else [part]
+        )
+        for module in modules:
+            module.register_forward_pre_hook(lambda m, _: setattr(m, "_tick", time.perf_counter()))
+            module.register_forward_hook(
+                lambda m, _i, _o, name=name: spent.__setitem__(
+                    name, spent[name] + time.perf_counter() - m._tick
+                )
+            )
+    per_step: dict[str, list[float]] = {
+        name: [] for name in [*spent, "forward", "forward+backward"]
+    }
+    for step in range(warmup + steps):
+        before = dict(spent)
+        start = time.perf_counter()
+        logits = model(images, None, None, prior, words=words, word_mask=word_mask)
+        forward = time.perf_counter() - start
+        logits.mean().backward()
+        total = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        if step >= warmup:
+            for name in spent:
+                per_step[name].append(spent[name] - before[name])
+            per_step["forward"].append(forward)
+            per_step["forward+backward"].append(total)
+    return {
+        "benchmark": "model_breakdown",
+        "task": f"training forward of {params_path}'s model, batch {batch} at {size}x{size}, "
+        "every pair with a prior, 1 thread",
+        "steps": steps,
+        "warmup_steps": warmup,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "median_ms": {name: 1e3 * statistics.median(v) for name, v in per_step.items()},
+    }
+
+
 def print_table(result: dict) -> None:
     print(result["task"], f"(torch {result['torch']}, {result['threads']} threads)")
     print(f"{'model':<10}{'median s':>10}{'min s':>9}{'trainable':>12}{'paper-size':>14}")
@@ -125,7 +200,14 @@ def main() -> None:
     # The first ~10 CPU steps run several times slower (oneDNN primitive creation, allocator
     # growth); the figure of interest is the steady state of a training run.
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--breakdown", metavar="PARAMS", help="time the parts of this model")
     args = parser.parse_args()
+    if args.breakdown:
+        result = forward_breakdown(args.breakdown, args.batch, args.steps, args.warmup)
+        for name, ms in result["median_ms"].items():
+            print(f"{name:<40}{ms:>8.1f} ms")
+        write_result(RESULT.with_name("model_breakdown.json"), result)
+        return
     result = run(args.batch, args.size, args.steps, args.warmup)
     print_table(result)
     write_result(RESULT, result)
