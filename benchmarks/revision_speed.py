@@ -32,11 +32,16 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "work" / "revision_speed"
 
 
-def worktree(revision: str) -> tuple[Path, str]:
-    """A checkout of ``revision`` (made once, updated when it moved) and its commit."""
-    commit = subprocess.run(
+def commit_of(revision: str) -> str:
+    """The commit ``revision`` names in this repository."""
+    return subprocess.run(
         ["git", "rev-parse", revision], cwd=REPO, check=True, capture_output=True, text=True
     ).stdout.strip()
+
+
+def worktree(revision: str) -> tuple[Path, str]:
+    """A checkout of ``revision`` (made once, updated when it moved) and its commit."""
+    commit = commit_of(revision)
     tree = WORK / "base"
     if not tree.exists():
         subprocess.run(
@@ -76,9 +81,7 @@ def run_arm(tree: Path, params: Path) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     base_tree, base_commit = worktree(args.base)
-    head_commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    head_commit = commit_of("HEAD")
     data = Path(args.data).resolve()
     trees = {"base": base_tree, "this": REPO}
     params = {

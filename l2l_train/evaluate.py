@@ -28,7 +28,7 @@ from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
 from l2l_train.pairs import normalize_images, open_teacher_store, pair_source
 from l2l_train.runtime import autocast, resolve_device
-from l2l_train.text_cache import FrozenTextCache
+from l2l_train.text_cache import FrozenTextCache, frozen_text_cache
 from pipeline.datasets.manifest import expand_splits
 from pipeline.schema import build_section
 
@@ -117,11 +117,7 @@ def run_eval(
     results = {}
     for split in splits:
         source = pair_source(params, split, tokenizer, image_size, store, require_priors=True)
-        text_cache = (
-            None
-            if model.text.trainable
-            else FrozenTextCache(model.text, tokenizer, device, source.expression)
-        )
+        text_cache = frozen_text_cache(model.text, tokenizer, device, source.expression)
         loader = eval_loader(
             EvalPairs(source),
             params.eval.batch_size,

@@ -63,7 +63,7 @@ from l2l_train.runtime import (
 )
 from l2l_train.step import Student, with_flips
 from l2l_train.targets import MethodPlan, plan_method
-from l2l_train.text_cache import FrozenTextCache
+from l2l_train.text_cache import frozen_text_cache
 from l2l_train.trainer import Trainer
 from l2l_train.tuning import alpha_grid, best_alpha, fusion_scores, holdout_rows, log_choice
 from pipeline.config import to_dict
@@ -192,12 +192,8 @@ class Run:
         student = Student(cfg, self.plan, rt, model, self.tokenizer, with_flips(expressions))
         # Validation reads its own table: added to the training one, it would change how
         # that one is batched, and with it the training features' rounding.
-        self.val_text = (
-            None
-            if model.text.trainable
-            else FrozenTextCache(
-                model.text, self.tokenizer, rt.device, self.data_val.source.expression
-            )
+        self.val_text = frozen_text_cache(
+            model.text, self.tokenizer, rt.device, self.data_val.source.expression
         )
         self.trainer = Trainer(student, self.total_steps)
         self.progress = RunState()

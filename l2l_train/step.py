@@ -59,7 +59,7 @@ from l2l_train.targets import (
     pseudo_labels,
     static_thresholds,
 )
-from l2l_train.text_cache import FrozenTextCache, sentence_embedder
+from l2l_train.text_cache import frozen_text_cache, sentence_embedder
 
 
 def with_flips(expressions: Sequence[str]) -> list[str]:
@@ -124,11 +124,7 @@ class Student:
         # The target strategies' settings; tuned_fusion sets its alpha every epoch.
         self.fusion = cfg.fusion
         self.synonyms: Synonyms = load_synonyms(cfg.augment.synonyms)
-        self.text_cache = (
-            None
-            if model.text.trainable
-            else FrozenTextCache(model.text, tokenizer, rt.device, expressions)
-        )
+        self.text_cache = frozen_text_cache(model.text, tokenizer, rt.device, expressions)
         self.embed = (
             sentence_embedder(model.text, tokenizer, rt.device)
             if self.text_cache is None

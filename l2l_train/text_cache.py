@@ -6,9 +6,10 @@ With ``model.text.trainable: false`` an expression's word features never change,
 encodes every labelled, weak and strong expression and the ``text_candidates + 1`` EDA
 candidates of every unlabelled one (about 40 % of the embedded default's step FLOPs), and an
 evaluation encodes every pair's expression again (about 40 % of its forward time). The texts
-the cache is built with (the training expressions with their left/right-flipped forms, the
-weak view's text, and the validation expressions) are encoded once; a text outside that table
-(an EDA edit) is encoded when asked for, with the other such texts of the same call.
+a cache is built with (training: the expressions with their left/right-flipped forms, the weak
+view's text; evaluation: the split's expressions, in a table of their own) are encoded once; a
+text outside the table (an EDA edit) is encoded when asked for, with the other such texts of
+the same call.
 
 Exactness: the table is filled in one fixed order, and an outside text is encoded only with
 the texts of its own call, never in company that depends on what was asked before. Encoder
@@ -86,6 +87,14 @@ class FrozenTextCache:
         """Returns: (B, D) mean-pooled word features, the sentence embedding MiniLM was trained
         for (the EDA candidates' similarity filter)."""
         return torch.stack([row.mean(0) for row in self._features(texts)])
+
+
+def frozen_text_cache(
+    text: TextEncoder, tokenizer: TextTokenizer, device: torch.device, expressions: Iterable[str]
+) -> FrozenTextCache | None:
+    """A :class:`FrozenTextCache` of ``expressions``, or None when the encoder is trainable
+    (its features change every step: the forward encodes the token ids)."""
+    return None if text.trainable else FrozenTextCache(text, tokenizer, device, expressions)
 
 
 def sentence_embedder(

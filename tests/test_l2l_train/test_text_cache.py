@@ -9,7 +9,7 @@ import torch
 from l2l_train.config import TextConfig
 from l2l_train.model import build_text_encoder, build_tokenizer
 from l2l_train.step import with_flips
-from l2l_train.text_cache import FrozenTextCache, sentence_embedder
+from l2l_train.text_cache import FrozenTextCache, frozen_text_cache, sentence_embedder
 
 TEXTS = ["the red circle", "the second shape from the left", "the red circle"]
 CPU = torch.device("cpu")
@@ -75,6 +75,14 @@ def test_a_trainable_encoder_is_refused():
     cfg = TextConfig(trainable=True)
     with pytest.raises(ValueError, match="frozen"):
         FrozenTextCache(build_text_encoder(cfg), build_tokenizer(cfg), CPU)
+
+
+def test_frozen_text_cache_is_none_for_a_trainable_encoder(minilm):
+    cfg = TextConfig(trainable=True)
+    assert frozen_text_cache(build_text_encoder(cfg), build_tokenizer(cfg), CPU, TEXTS) is None
+    text, tokenizer = minilm
+    cache = frozen_text_cache(text, tokenizer, CPU, TEXTS)
+    assert isinstance(cache, FrozenTextCache) and sorted(cache.table) == sorted(set(TEXTS))
 
 
 def test_sentence_embedder_means_the_real_tokens(minilm):
