@@ -414,6 +414,8 @@ class PretrainConfig:
     weight_decay: float = bounded(0.01, 0.0)
     poly_power: float = bounded(0.9, 0.0)
     seed: int = bounded(0, 0)
+    # DataLoader processes rendering the scenes (0: this one); the same scenes either way.
+    workers: int = bounded(2, 0, runtime_only=True)
 
 
 @dataclass(frozen=True)

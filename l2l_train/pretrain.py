@@ -68,22 +68,48 @@ def scene_label_maps(
     return shape_of[labels], colour_of[labels]
 
 
-def render_parsing_set(params: TrainerParams, first: int, count: int, size: int) -> ParsingSet:
-    """Scenes ``first .. first + count - 1`` of the pretrain stream, at ``size`` px (images
-    antialiased, label maps nearest, as the trainer resizes images and masks)."""
-    from l2l_train.pairs import resize_image, resize_mask
-    from pipeline.datasets.synthetic_scenes import PRETRAIN_STREAM, generate_scene
+class ParsingScenes(torch.utils.data.Dataset):
+    """Scene ``first + i`` of the pretrain stream at ``size`` px: image (3, S, S) uint8
+    (antialiased), shape and colour maps (S, S) uint8 (nearest), as the trainer resizes
+    images and masks. Each scene depends on its index alone, so any worker may draw it."""
 
-    images, shapes, colours = [], [], []
-    for index in range(first, first + count):
-        scene = generate_scene(params.data.synthetic, PRETRAIN_STREAM, index)
+    def __init__(self, params: TrainerParams, first: int, count: int, size: int) -> None:
+        self.synthetic = params.data.synthetic
+        self.first, self.count, self.size = first, count, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        from l2l_train.pairs import resize_image, resize_mask
+        from pipeline.datasets.synthetic_scenes import PRETRAIN_STREAM, generate_scene
+
+        scene = generate_scene(self.synthetic, PRETRAIN_STREAM, self.first + i)
         shape_map, colour_map = scene_label_maps(
             scene.labels, [o.shape for o in scene.objects], [o.color for o in scene.objects]
         )
-        images.append(resize_image(scene.image, size))
-        shapes.append(resize_mask(shape_map.astype(np.uint8), size).long())
-        colours.append(resize_mask(colour_map.astype(np.uint8), size).long())
-    return ParsingSet(torch.stack(images), torch.stack(shapes), torch.stack(colours))
+        return (
+            resize_image(scene.image, self.size),
+            resize_mask(shape_map.astype(np.uint8), self.size),
+            resize_mask(colour_map.astype(np.uint8), self.size),
+        )
+
+
+def render_parsing_set(
+    params: TrainerParams, first: int, count: int, size: int, workers: int = 0
+) -> ParsingSet:
+    """Scenes ``first .. first + count - 1`` of the pretrain stream (:class:`ParsingScenes`),
+    drawn by ``workers`` DataLoader processes (0: this one); the same tensors either way."""
+    # A generator of its own: the loader draws its workers' seed from it, not from the global
+    # RNG that then initialises the encoder.
+    loader = torch.utils.data.DataLoader(
+        ParsingScenes(params, first, count, size),
+        batch_size=64,
+        num_workers=workers,
+        generator=torch.Generator(),
+    )
+    images, shapes, colours = (torch.cat(parts) for parts in zip(*loader, strict=True))
+    return ParsingSet(images, shapes.long(), colours.long())
 
 
 class ParsingHead(nn.Module):
@@ -179,8 +205,8 @@ def run_pretraining(
             "(a Swin loads its ImageNet weights from model.visual.path)"
         )
     torch.manual_seed(cfg.seed)
-    train = render_parsing_set(params, 0, cfg.scenes, cfg.image_size)
-    held_out = render_parsing_set(params, cfg.scenes, cfg.eval_scenes, cfg.image_size)
+    train = render_parsing_set(params, 0, cfg.scenes, cfg.image_size, cfg.workers)
+    held_out = render_parsing_set(params, cfg.scenes, cfg.eval_scenes, cfg.image_size, cfg.workers)
     encoder = ResNetStages(visual).train()
     head = ParsingHead(encoder.dims, classes=1 + max(len(SHAPES), len(COLORS)))
     # The trainer's groups: no decay on biases and norm scales.

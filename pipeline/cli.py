@@ -207,7 +207,7 @@ def generate(
     verify: Annotated[
         bool,
         typer.Option(
-            help="Read the existing store first and recompute pairs whose rows are damaged."
+            help="Read the split's stored rows first and recompute pairs whose rows are damaged."
         ),
     ] = True,
 ) -> None:

@@ -210,6 +210,21 @@ def _indexed_rows(store_dir: str | Path) -> dict[int, int]:
     return rows
 
 
+def shard_pairs(
+    cfg: PipelineConfig, split: str, shard: Shard = Shard(), limit: int | None = None
+) -> tuple[list[dict], list[str]]:
+    """The pairs of ``split`` this shard owns (the first ``limit``, in image order) and their
+    prior keys under ``cfg``'s teacher."""
+    table = read_pairs(cfg.paths, split).sort_by(
+        [("image_id", "ascending"), ("sample_id", "ascending")]
+    )
+    pairs = table.to_pylist()
+    hashes = pair_image_hashes(pairs, image_root(cfg.paths.samples))
+    mine = np.flatnonzero(shard.owns(hashes))[:limit]
+    pairs = [pairs[i] for i in mine]
+    return pairs, pair_keys(pairs, [hashes[i] for i in mine], teacher_hash(cfg.priors))
+
+
 def generate(
     cfg: PipelineConfig,
     split: str,
@@ -224,23 +239,18 @@ def generate(
     """Compute the missing priors of ``split`` for this shard into ``cfg.paths.priors``.
 
     ``limit`` caps the pairs considered (the first ``limit`` of the shard, in image order).
-    ``verify`` reads the existing store first and recomputes pairs whose rows are damaged.
+    ``verify`` reads the stored rows of these pairs first and recomputes those that are damaged.
     ``on_total(n)`` is told how many pairs will be computed, ``on_pairs(k)`` after each batch.
     """
     identity, t_hash = teacher_identity(cfg.priors), teacher_hash(cfg.priors)
-    table = read_pairs(cfg.paths, split).sort_by(
-        [("image_id", "ascending"), ("sample_id", "ascending")]
-    )
+    pairs, keys = shard_pairs(cfg, split, shard, limit)
     root = image_root(cfg.paths.samples)
-    pairs = table.to_pylist()
-    hashes = pair_image_hashes(pairs, root)
-    mine = np.flatnonzero(shard.owns(hashes))[:limit]
-    pairs = [pairs[i] for i in mine]
-    keys = pair_keys(pairs, [hashes[i] for i in mine], t_hash)
 
     # Opening with this teacher's hash logs the parts of other teacher configs it ignores.
     indexed_at_scan = _indexed_rows(cfg.paths.priors)
-    store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash, verify=verify)
+    store = PriorStore.open(cfg.paths.priors, teacher_hash=t_hash)
+    if verify:  # only this shard's rows: the other splits' are checked when they are generated
+        store = store.verified(keys)
     done = store.has_pairs(keys, [p["sample_id"] for p in pairs]) if pairs else np.zeros(0, bool)
     todo = np.flatnonzero(~done)
     if on_total:

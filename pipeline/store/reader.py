@@ -141,14 +141,18 @@ class PriorStore:
         schema = INDEX_SCHEMA.append(pa.field("part", pa.int32()))
         entries = pa.concat_tables(tables) if tables else schema.empty_table()
         store = cls(store_dir, parts, entries, skipped)
-        if verify:
-            report = store.verify()
-            if not report.ok:
-                log.warning(
-                    "%s\nleaving the bad rows out; their pairs count as missing", report.summary()
-                )
-            store = store.excluding(report)
-            store.verify_report = report
+        return store.verified() if verify else store
+
+    def verified(self, keys: Sequence[str] | None = None) -> PriorStore:
+        """This store without the bad rows :meth:`verify` finds (of ``keys`` only, when
+        given), with its report as ``verify_report``; the bad rows' pairs count as missing."""
+        report = self.verify(keys)
+        if not report.ok:
+            log.warning(
+                "%s\nleaving the bad rows out; their pairs count as missing", report.summary()
+            )
+        store = self.excluding(report)
+        store.verify_report = report
         return store
 
     def _build_lookup(self, entries: pa.Table) -> None:
@@ -324,9 +328,10 @@ class PriorStore:
 
     # --------------------------------------------------------------- integrity
 
-    def verify(self) -> VerifyReport:
-        """Decode every row that reads are served from (the latest of each key's copies) and
-        check it; never raises for bad data.
+    def verify(self, keys: Sequence[str] | None = None) -> VerifyReport:
+        """Decode every row that reads are served from (the latest of each key's copies), or
+        only those of ``keys`` (absent ones are ignored), and check it; never raises for bad
+        data.
 
         A row is bad if it cannot be read, if ``prob`` is not finite in [0, 1], or if the
         stored key or status differs from the index (a row the arrays never got reads as
@@ -338,6 +343,9 @@ class PriorStore:
         # Rows a later copy of their key supersedes are never read (a damaged row that
         # generate has since recomputed): only the rows reads are served from count.
         served = self._key_part.astype(np.int64) << 40 | self._key_row
+        if keys is not None:
+            found_at = _search(self._key, _as_bytes(check_keys(keys)))
+            served = served[found_at[found_at >= 0]]
         entry_at = part_col.astype(np.int64) << 40 | self._entries.column("row").to_numpy()
         live = np.isin(entry_at, served)
         for info in self.parts.values():

@@ -86,6 +86,17 @@ def test_render_parsing_set_labels_the_objects(tmp_path):
     assert (data.shapes > 0).any() and int(data.shapes.max()) <= 6
 
 
+def test_render_parsing_set_draws_the_same_scenes_in_workers(tmp_path):
+    params = load_trainer_params(write_params(tmp_path, {}))
+    here = render_parsing_set(params, 5, 3, 32)
+    rng = torch.random.get_rng_state()
+    drawn = render_parsing_set(params, 5, 3, 32, workers=2)
+    # The global RNG, which then initialises the encoder, is left where it was.
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    for name in ("images", "shapes", "colours"):
+        assert torch.equal(getattr(here, name), getattr(drawn, name)), name
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A two-step pretraining through the CLI; returns (params path, weights path)."""

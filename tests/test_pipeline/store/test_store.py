@@ -368,6 +368,20 @@ def test_verify_finds_rows_missing_from_arrays(tmp_path):
     assert report.bad_rows == {"part-00000": [4, 5, 6, 7]}
 
 
+def test_verify_of_some_keys_checks_only_their_rows(tmp_path):
+    # What generate does for one split: the other splits' rows are neither read nor left out.
+    with writer(tmp_path) as w:
+        w.write(make_rows(0, 8))
+    (part_zarr_path(tmp_path, 0) / "prob" / "c" / "1" / "0" / "0").unlink()  # rows 4-7: NaN
+    store = PriorStore.open(tmp_path)
+    clean = store.verify([key_of(i) for i in range(4)] + [key_of(99)])  # 99: absent, ignored
+    assert clean.ok and clean.rows_checked == 4
+    some = store.verified([key_of(1), key_of(5)])
+    assert some.verify_report.rows_checked == 2
+    assert some.verify_report.bad_rows == {"part-00000": [5]}
+    assert some.has([key_of(i) for i in range(8)]).tolist() == [True] * 5 + [False] + [True] * 2
+
+
 # ----------------------------------------------------------------------------- workers
 
 
