@@ -26,7 +26,9 @@ supervision with no SPM, RPLE or weak/strong views, take the same student.
 dropout ``train.prior_dropout``), scored with and without it: the ceiling of the prior path.
 ``--checkpoint data/models/best.pt``: no training; the same figures for a model ``l2l-train
 run`` trained (without and with the teacher prior), beside the teacher prior's own per-kind
-oIoU: which kinds of expression the student has not learnt from its teacher.
+oIoU: which kinds of expression the student has not learnt from its teacher. Also, per kind,
+where each one's predictions land (``landing``): on the referent, on another of the scene's
+shapes (a wrong choice: e.g. a rank counted wrong) or on the background (no shape found).
 
 Writes ``benchmarks/results/learning[_<tag>].json``. Data: ``--data`` (a pipeline data folder
 with manifests/ and priors/), default a workspace built once under ``--work``.
@@ -118,8 +120,60 @@ def oiou_by_kind(inter: np.ndarray, union: np.ndarray, kinds: np.ndarray) -> dic
     }
 
 
-def scores(model, cache, val, prior: bool) -> dict[str, Any]:
-    """Curve figures, per-kind oIoU and the text-swap check on ``val``."""
+LANDINGS = ("referent", "other_object", "background")
+
+
+def scene_objects(params: Any, image_ids: set[int]) -> dict[int, list[torch.Tensor]]:
+    """Every object's mask (original pixels, bool) of the synthetic scenes ``image_ids``,
+    from the prepared ``objects.parquet``: what a prediction can land on besides its
+    referent."""
+    import pyarrow.parquet as pq
+
+    from pipeline.datasets.manifest import decode_mask
+
+    table = pq.read_table(Path(params.data.synthetic.dir) / "objects.parquet")
+    masks: dict[int, list[torch.Tensor]] = {}
+    for image, rle in zip(table["image_id"].to_pylist(), table["mask"].to_pylist(), strict=True):
+        if image in image_ids:
+            masks.setdefault(image, []).append(torch.from_numpy(decode_mask(rle)).bool())
+    return masks
+
+
+def landing(pred: torch.Tensor, gt: torch.Tensor, objects: list[torch.Tensor]) -> str:
+    """Where a prediction lies: on the ``referent`` (the object holding most of its pixels is
+    the one ``gt`` marks), on an ``other_object``, or on ``background`` (no pixel on any object,
+    or none predicted). Shapes: pred, gt, objects[i] (H, W) bool."""
+    on_object = [int((pred & mask).sum()) for mask in objects]
+    if not objects or max(on_object) == 0:
+        return "background"
+    referent = max(range(len(objects)), key=lambda i: int((objects[i] & gt).sum()))
+    return "referent" if int(np.argmax(on_object)) == referent else "other_object"
+
+
+def landing_by_kind(
+    preds: list[torch.Tensor], data: dict[str, Any], objects: dict[int, list[torch.Tensor]]
+) -> dict[str, dict[str, float]]:
+    """Share of each kind's pairs whose prediction lands on each of :data:`LANDINGS`: a miss on
+    another object is a wrong choice among the shapes (a rank counted wrong); one on the
+    background, a failure to find a shape at all."""
+    found = np.array(
+        [
+            landing(pred, gt.bool(), objects[image])
+            for pred, gt, image in zip(preds, data["mask_original"], data["image_id"], strict=True)
+        ]
+    )
+    kinds = np.array(data["kind"])
+    selections = {"all": np.ones(len(kinds), dtype=bool)}
+    selections |= {kind: kinds == kind for kind in KINDS if (kinds == kind).any()}
+    return {
+        name: {where: float((found[sel] == where).mean()) for where in LANDINGS}
+        for name, sel in selections.items()
+    }
+
+
+def scores(model, cache, val, prior: bool, objects=None) -> dict[str, Any]:
+    """Curve figures, per-kind oIoU and the text-swap check on ``val``; with ``objects``
+    (:func:`scene_objects`), also where the predictions land (:func:`landing_by_kind`)."""
     from pipeline.datasets.synthetic_scenes import SHAPES
 
     rows = list(range(len(val["expression"])))
@@ -149,7 +203,7 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
             for p, mine, other in ((pa, gts[a], gts[b]), (pb, gts[b], gts[a])):
                 iou = [(p & g).sum().item() / max(1, (p | g).sum().item()) for g in (mine, other)]
                 own.append(iou[0] > iou[1])
-    return {
+    result = {
         "oIoU": float(inter.sum() / max(1, union.sum())),
         "mIoU": float(np.mean(inter / np.maximum(union, 1))),
         "area_ratio": area,
@@ -161,12 +215,16 @@ def scores(model, cache, val, prior: bool) -> dict[str, Any]:
             "own_target": float(np.mean(own)) if own else None,
         },
     }
+    if objects is not None:
+        result["landing"] = landing_by_kind(preds, val, objects)
+    return result
 
 
-def prior_scores(data: dict[str, Any]) -> dict[str, Any]:
+def prior_scores(data: dict[str, Any], objects: dict[int, list[torch.Tensor]]) -> dict[str, Any]:
     """oIoU of the teacher prior itself, as ``l2l-priors report`` scores it (resized to the
     original size, threshold 0.5; a pair without a prior predicts nothing), overall and per
-    expression kind."""
+    expression kind, and where it lands (:func:`landing_by_kind`)."""
+    from pipeline.contract import resize_prob
     from pipeline.report import prior_intersection_union
 
     counts = [
@@ -177,10 +235,17 @@ def prior_scores(data: dict[str, Any]) -> dict[str, Any]:
     ]
     inter, union = (np.array(column) for column in zip(*counts, strict=True))
     kinds = np.array(data["kind"])
+    masks = [
+        torch.from_numpy(resize_prob(prior[0].numpy(), tuple(gt.shape)) >= 0.5) & bool(present)
+        for prior, present, gt in zip(
+            data["prior"], data["prior_present"], data["mask_original"], strict=True
+        )
+    ]
     return {
         "oIoU": float(inter.sum() / max(1, union.sum())),
         "oIoU_per_kind": oiou_by_kind(inter, union, kinds),
         "pairs_per_kind": {k: int((kinds == k).sum()) for k in KINDS},
+        "landing": landing_by_kind(masks, data, objects),
     }
 
 
@@ -195,12 +260,13 @@ def checkpoint_scores(path: Path, params: Any, store: Any) -> dict[str, Any]:
     model, model_cfg, size = model_from_checkpoint(load_checkpoint(path))
     val = load_split(params, params.eval.val_split, size, store)
     cache = FrozenTextCache(model.text, build_tokenizer(model_cfg.text), torch.device("cpu"))
+    objects = scene_objects(params, set(val["image_id"]))
     return {
         "checkpoint": str(path),
         "val_pairs": len(val["expression"]),
-        "none": scores(model, cache, val, prior=False),
-        "teacher": scores(model, cache, val, prior=True),
-        "prior": prior_scores(val),
+        "none": scores(model, cache, val, prior=False, objects=objects),
+        "teacher": scores(model, cache, val, prior=True, objects=objects),
+        "prior": prior_scores(val, objects),
     }
 
 

@@ -79,12 +79,46 @@ def test_prior_scores_count_a_missing_prior_as_an_empty_prediction(learning):
         "prior_present": torch.tensor([True, False, True]),
         "mask_original": [torch.tensor([[1, 1]]), torch.tensor([[1, 0]]), torch.tensor([[0, 1]])],
         "kind": ["spatial", "spatial", "ordinal"],
+        "image_id": [4, 4, 4],
     }
-    out = learning.prior_scores(data)
+    # One scene of two one-pixel objects: the left and the right pixel.
+    objects = {4: [torch.tensor([[True, False]]), torch.tensor([[False, True]])]}
+    out = learning.prior_scores(data, objects)
     # spatial: intersections 1 + 0, unions 2 + 1; ordinal: 1 / 2; overall 2 / 5
     assert out["oIoU"] == pytest.approx(2 / 5)
     assert out["oIoU_per_kind"] == pytest.approx({"spatial": 1 / 3, "ordinal": 1 / 2})
     assert out["pairs_per_kind"]["spatial"] == 2 and out["pairs_per_kind"]["relation"] == 0
+    # Ties go to the first object. Pair 0's prior lies on the right object, its referent is
+    # the left (its mask covers both); pair 1 has none; pair 2's covers both (so: the left)
+    # while its referent is the right.
+    assert out["landing"]["spatial"] == {"referent": 0.0, "other_object": 0.5, "background": 0.5}
+    assert out["landing"]["ordinal"]["other_object"] == 1.0
+
+
+def test_landing_names_the_shape_a_prediction_lies_on(learning):
+    import torch
+
+    def mask(rows):
+        return torch.tensor(rows, dtype=torch.bool)
+
+    left, right = mask([[1, 1, 0], [0, 0, 0]]), mask([[0, 0, 0], [0, 1, 1]])
+    cases = {  # the referent is `left`
+        "referent": [[[1, 1, 0], [0, 0, 0]], [[1, 1, 0], [0, 1, 0]]],  # all on it; 2 vs 1
+        "other_object": [[[0, 0, 0], [0, 1, 0]], [[1, 0, 0], [0, 1, 1]]],  # 1 vs 2
+        "background": [[[0, 0, 1], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]],  # off both; none
+    }
+    for where, preds in cases.items():
+        for pred in preds:
+            assert learning.landing(mask(pred), left, [left, right]) == where, (where, pred)
+    data = {
+        "mask_original": [left, left, left],
+        "image_id": [3, 3, 3],
+        "kind": ["ordinal", "ordinal", "spatial"],
+    }
+    preds = [mask(cases["referent"][0]), mask(cases["other_object"][0]), left]
+    shares = learning.landing_by_kind(preds, data, {3: [left, right]})
+    assert shares["ordinal"] == {"referent": 0.5, "other_object": 0.5, "background": 0.0}
+    assert shares["all"]["referent"] == pytest.approx(2 / 3) and "relation" not in shares
 
 
 @pytest.mark.slow
@@ -113,3 +147,5 @@ def test_a_trained_checkpoint_is_scored_beside_its_teacher(learning, trainer_wor
         assert 0 <= result[mode]["oIoU"] <= 1 and result[mode]["text_swap"]["pairs"] > 0
     assert 0 < result["prior"]["oIoU"] <= 1
     assert sum(result["prior"]["pairs_per_kind"].values()) == result["val_pairs"]
+    for shares in (result["none"]["landing"], result["prior"]["landing"]):
+        assert sum(shares["all"].values()) == pytest.approx(1.0)
