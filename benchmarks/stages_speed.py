@@ -21,31 +21,28 @@ rounds (order rotating), compared as the median of the per-round ratios:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS, describe_machine, paired_ratio, rotated, write_result
+from common import RESULTS, describe_machine, interleaved_blocks, paired_ratio, write_result
 
 
-def verify_seconds(params: Any, split_keys: dict[str, list[str]], whole_store: bool) -> float:
+def verify_splits(params: Any, split_keys: dict[str, list[str]], whole_store: bool) -> None:
+    """What ``generate`` does before it computes anything, once per split: open the store and
+    check the rows of the whole store (before) or of the split's keys (now)."""
     from pipeline.contract import teacher_hash
     from pipeline.store.reader import PriorStore
 
-    start = time.perf_counter()
     for keys in split_keys.values():
         store = PriorStore.open(params.paths.priors, teacher_hash=teacher_hash(params.priors))
         store.verified(None if whole_store else keys)
-    return time.perf_counter() - start
 
 
-def render_seconds(params: Any, scenes: int, workers: int) -> float:
+def render(params: Any, scenes: int, workers: int) -> None:
     from l2l_train.pretrain import render_parsing_set
 
-    start = time.perf_counter()
     render_parsing_set(params, 0, scenes, params.pretrain.image_size, workers)
-    return time.perf_counter() - start
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,17 +52,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     params = load_trainer_params(args.params)
     split_keys = {split: shard_pairs(params, split)[1] for split in prior_splits(params, None)}
-    verify = {"whole_store": True, "split_rows": False}
-    render = {"in_process": 0, "workers": params.pretrain.workers}
-    seconds: dict[str, dict[str, list[float]]] = {
-        "verify": {name: [] for name in verify},
-        "render": {name: [] for name in render},
-    }
-    for round_index in range(args.rounds):
-        for name in rotated(list(verify), round_index):
-            seconds["verify"][name].append(verify_seconds(params, split_keys, verify[name]))
-        for name in rotated(list(render), round_index):
-            seconds["render"][name].append(render_seconds(params, args.scenes, render[name]))
+    # One call per block, no warm-up: each call is seconds long and does its own start-up.
+    timing = {"rounds": args.rounds, "block": 1, "warmup": 0, "settle": 0}
+    verify = interleaved_blocks(
+        {
+            "whole_store": lambda: verify_splits(params, split_keys, whole_store=True),
+            "split_rows": lambda: verify_splits(params, split_keys, whole_store=False),
+        },
+        device=torch.device("cpu"),
+        **timing,
+    )
+    workers = params.pretrain.workers
+    rendering = interleaved_blocks(
+        {
+            "in_process": lambda: render(params, args.scenes, 0),
+            "workers": lambda: render(params, args.scenes, workers),
+        },
+        device=torch.device("cpu"),
+        **timing,
+    )
     return {
         "benchmark": "stages_speed",
         "machine": describe_machine(torch.device("cpu")),
@@ -73,18 +78,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "verify": {
             "splits": {split: len(keys) for split, keys in split_keys.items()},
-            "s": seconds["verify"],
+            "s": verify,
             "whole_store_over_split_rows": paired_ratio(
-                seconds["verify"]["whole_store"], seconds["verify"]["split_rows"]
+                verify["whole_store"], verify["split_rows"]
             ),
         },
         "render": {
             "scenes": args.scenes,
-            "workers": params.pretrain.workers,
-            "s": seconds["render"],
-            "in_process_over_workers": paired_ratio(
-                seconds["render"]["in_process"], seconds["render"]["workers"]
-            ),
+            "workers": workers,
+            "s": rendering,
+            "in_process_over_workers": paired_ratio(rendering["in_process"], rendering["workers"]),
         },
     }
 
