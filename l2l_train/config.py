@@ -103,9 +103,13 @@ class ModelConfig:
     # Stages (1-based) whose conditioned tokens also pass one global self-attention block
     # (model/context.py); none in the paper's model.
     context_stages: tuple[int, ...] = ()
+    # Stages (1-based) whose conditioned tokens then pass an axis-count block
+    # (model/counting.py); none in the paper's model.
+    count_stages: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_stages("context_stages", self.context_stages)
+        check_stages("count_stages", self.count_stages)
 
 
 @dataclass(frozen=True)
@@ -410,12 +414,22 @@ class PretrainConfig:
     steps: int = bounded(2000, 1)
     batch_size: int = bounded(32, 1)
     image_size: int = bounded(64, 32)  # the trainer's train.image_size
+    # Side of the training scenes' label maps: the parsing loss is scored at this size, which
+    # costs less than at image_size and teaches the same (held-out accuracy is at image_size).
+    label_size: int = bounded(32, 8)
     lr: float = bounded(1e-3, 0.0, lo_open=True)  # AdamW, poly schedule
     weight_decay: float = bounded(0.01, 0.0)
     poly_power: float = bounded(0.9, 0.0)
     seed: int = bounded(0, 0)
     # DataLoader processes rendering the scenes (0: this one); the same scenes either way.
     workers: int = bounded(2, 0, runtime_only=True)
+
+    def __post_init__(self) -> None:
+        if self.label_size > self.image_size:
+            raise ConfigError(
+                f"pretrain.label_size: at most pretrain.image_size ({self.image_size}), "
+                f"got {self.label_size}"
+            )
 
 
 @dataclass(frozen=True)

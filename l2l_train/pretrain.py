@@ -35,8 +35,8 @@ from l2l_train.model.pretrained import RESNET_ARCHITECTURE, RESNET_FORMAT
 
 @dataclass(frozen=True)
 class ParsingSet:
-    """Scenes for dense parsing. images (N, 3, S, S) uint8; shapes, colours (N, S, S) int64,
-    0 background, ``k + 1`` for category k of SHAPES / COLORS."""
+    """Scenes for dense parsing. images (N, 3, S, S) uint8; shapes, colours (N, L, L) int64
+    (L the label side, at most S), 0 background, ``k + 1`` for category k of SHAPES / COLORS."""
 
     images: Tensor
     shapes: Tensor
@@ -69,13 +69,17 @@ def scene_label_maps(
 
 
 class ParsingScenes(torch.utils.data.Dataset):
-    """Scene ``first + i`` of the pretrain stream at ``size`` px: image (3, S, S) uint8
-    (antialiased), shape and colour maps (S, S) uint8 (nearest), as the trainer resizes
-    images and masks. Each scene depends on its index alone, so any worker may draw it."""
+    """Scene ``first + i`` of the pretrain stream: image (3, S, S) uint8 at ``size`` px
+    (antialiased), shape and colour maps (L, L) uint8 at ``label_size`` px (nearest; default
+    ``size``), as the trainer resizes images and masks. Each scene depends on its index alone,
+    so any worker may draw it."""
 
-    def __init__(self, params: TrainerParams, first: int, count: int, size: int) -> None:
+    def __init__(
+        self, params: TrainerParams, first: int, count: int, size: int, label_size: int | None
+    ) -> None:
         self.synthetic = params.data.synthetic
         self.first, self.count, self.size = first, count, size
+        self.label_size = size if label_size is None else label_size
 
     def __len__(self) -> int:
         return self.count
@@ -90,20 +94,27 @@ class ParsingScenes(torch.utils.data.Dataset):
         )
         return (
             resize_image(scene.image, self.size),
-            resize_mask(shape_map.astype(np.uint8), self.size),
-            resize_mask(colour_map.astype(np.uint8), self.size),
+            resize_mask(shape_map.astype(np.uint8), self.label_size),
+            resize_mask(colour_map.astype(np.uint8), self.label_size),
         )
 
 
 def render_parsing_set(
-    params: TrainerParams, first: int, count: int, size: int, workers: int = 0
+    params: TrainerParams,
+    first: int,
+    count: int,
+    size: int,
+    workers: int = 0,
+    *,
+    label_size: int | None = None,
 ) -> ParsingSet:
-    """Scenes ``first .. first + count - 1`` of the pretrain stream (:class:`ParsingScenes`),
-    drawn by ``workers`` DataLoader processes (0: this one); the same tensors either way."""
+    """Scenes ``first .. first + count - 1`` of the pretrain stream (:class:`ParsingScenes`,
+    labels at ``label_size``, default ``size``), drawn by ``workers`` DataLoader processes
+    (0: this one); the same tensors either way."""
     # A generator of its own: the loader draws its workers' seed from it, not from the global
     # RNG that then initialises the encoder.
     loader = torch.utils.data.DataLoader(
-        ParsingScenes(params, first, count, size),
+        ParsingScenes(params, first, count, size, label_size),
         batch_size=64,
         num_workers=workers,
         generator=torch.Generator(),
@@ -205,7 +216,10 @@ def run_pretraining(
             "(a Swin loads its ImageNet weights from model.visual.path)"
         )
     torch.manual_seed(cfg.seed)
-    train = render_parsing_set(params, 0, cfg.scenes, cfg.image_size, cfg.workers)
+    train = render_parsing_set(
+        params, 0, cfg.scenes, cfg.image_size, cfg.workers, label_size=cfg.label_size
+    )
+    # Held out at full resolution: the accuracy a user compares across label sizes.
     held_out = render_parsing_set(params, cfg.scenes, cfg.eval_scenes, cfg.image_size, cfg.workers)
     encoder = ResNetStages(visual).train()
     head = ParsingHead(encoder.dims, classes=1 + max(len(SHAPES), len(COLORS)))
@@ -216,7 +230,7 @@ def run_pretraining(
         optimizer, lambda step: poly_factor(step, cfg.steps, cfg.poly_power)
     )
     generator = torch.Generator().manual_seed(cfg.seed)
-    size = (cfg.image_size, cfg.image_size)
+    label_size = (cfg.label_size, cfg.label_size)
     tick = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         rows = torch.randint(len(train.images), (cfg.batch_size,), generator=generator)
@@ -225,7 +239,7 @@ def run_pretraining(
         images = torch.where(flip[..., None], train.images[rows].flip(-1), train.images[rows])
         shapes = torch.where(flip, train.shapes[rows].flip(-1), train.shapes[rows])
         colours = torch.where(flip, train.colours[rows].flip(-1), train.colours[rows])
-        logits = head(encoder(normalize_images(images), _no_condition), size)
+        logits = head(encoder(normalize_images(images), _no_condition), label_size)
         loss = parsing_loss(logits, shapes, colours)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,6 +251,7 @@ def run_pretraining(
     shape_accuracy, colour_accuracy = _accuracies(encoder, head, held_out)
     report = {
         "steps": cfg.steps,
+        "label_size": cfg.label_size,
         "train_s": train_s,
         "threads": torch.get_num_threads(),
         "held_out_scenes": cfg.eval_scenes,

@@ -9,6 +9,7 @@ from torch import nn
 
 from l2l_train.config import ModelConfig, SESMConfig, TextConfig, VisualConfig
 from l2l_train.model.context import GlobalContext
+from l2l_train.model.counting import AxisCount
 from l2l_train.model.decoder import FineHead, FPNDecoder
 from l2l_train.model.encoder import ResNetStages, SwinStages, build_visual_encoder
 from l2l_train.model.sesm import PriorField, StageGates, build_stage_conditioners, uses_prior
@@ -55,9 +56,11 @@ class Segmentor(nn.Module):
         decoder: FPNDecoder,
         head: FineHead,
         context: nn.ModuleDict | None = None,
+        counting: nn.ModuleDict | None = None,
     ) -> None:
-        """``context``: a :class:`~l2l_train.model.context.GlobalContext` per stage that has
-        one, keyed by the 0-based stage index as a string."""
+        """``context``, ``counting``: a :class:`~l2l_train.model.context.GlobalContext`, an
+        :class:`~l2l_train.model.counting.AxisCount` per stage that has one, keyed by the
+        0-based stage index as a string."""
         super().__init__()
         self.visual = visual
         self.text = text
@@ -66,6 +69,7 @@ class Segmentor(nn.Module):
         self.decoder = decoder
         self.head = head
         self.context = nn.ModuleDict() if context is None else context
+        self.counting = nn.ModuleDict() if counting is None else counting
 
     def forward(
         self,
@@ -106,6 +110,8 @@ class Segmentor(nn.Module):
             gates.append(stage_gates)
             if str(stage) in self.context:
                 tokens = self.context[str(stage)](tokens, grid)
+            if str(stage) in self.counting:
+                tokens = self.counting[str(stage)](tokens, grid)
             return tokens
 
         features = self.decoder(self.visual(images, condition))  # (B, dim, H/4, W/4)
@@ -147,7 +153,10 @@ def build_segmentor(cfg: ModelConfig, *, load_weights: bool = True) -> Segmentor
             for stage in cfg.context_stages
         }
     )
-    return Segmentor(visual, text, conditioners, prior_field, decoder, head, context)
+    counting = nn.ModuleDict(
+        {str(stage - 1): AxisCount(visual.dims[stage - 1]) for stage in cfg.count_stages}
+    )
+    return Segmentor(visual, text, conditioners, prior_field, decoder, head, context, counting)
 
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:

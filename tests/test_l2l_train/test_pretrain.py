@@ -13,7 +13,7 @@ from trainer_workspace import write_params
 from typer.testing import CliRunner
 
 from l2l_train.cli import app
-from l2l_train.config import VisualConfig, load_trainer_params
+from l2l_train.config import PretrainConfig, VisualConfig, load_trainer_params
 from l2l_train.model.encoder import ResNetStages, build_visual_encoder
 from l2l_train.pretrain import (
     ParsingHead,
@@ -25,6 +25,7 @@ from l2l_train.pretrain import (
 )
 from pipeline.config import SyntheticConfig
 from pipeline.datasets.synthetic_scenes import PRETRAIN_STREAM, generate_scene
+from pipeline.schema import ConfigError
 
 TINY_VISUAL = {"kind": "resnet", "embed_dim": 8, "num_heads": [1, 1, 1, 1]}
 
@@ -86,6 +87,25 @@ def test_render_parsing_set_labels_the_objects(tmp_path):
     assert (data.shapes > 0).any() and int(data.shapes.max()) <= 6
 
 
+def test_render_parsing_set_draws_labels_at_their_own_size(tmp_path):
+    params = load_trainer_params(write_params(tmp_path, {}))
+    full = render_parsing_set(params, 0, 2, 32)
+    small = render_parsing_set(params, 0, 2, 32, label_size=16)
+    assert torch.equal(small.images, full.images)
+    assert small.shapes.shape == small.colours.shape == (2, 16, 16)
+    for scene in range(2):  # the same objects, fewer pixels
+        assert set(small.shapes[scene].unique().tolist()) == set(
+            full.shapes[scene].unique().tolist()
+        )
+
+
+def test_label_size_is_at_most_the_image_size():
+    with pytest.raises(
+        ConfigError, match=r"pretrain\.label_size: at most pretrain\.image_size \(64\)"
+    ):
+        PretrainConfig(image_size=64, label_size=128)
+
+
 def test_render_parsing_set_draws_the_same_scenes_in_workers(tmp_path):
     params = load_trainer_params(write_params(tmp_path, {}))
     here = render_parsing_set(params, 5, 3, 32)
@@ -113,6 +133,7 @@ def pretrained(tmp_path_factory):
                 "steps": 2,
                 "batch_size": 2,
                 "image_size": 32,
+                "label_size": 16,
             },
         },
     )
@@ -125,6 +146,7 @@ def pretrained(tmp_path_factory):
 def test_pretrain_writes_weights_the_encoder_loads(pretrained):
     _, out = pretrained
     state = torch.load(out, weights_only=True)
+    assert state["report"]["label_size"] == 16
     assert state["report"]["steps"] == 2 and 0.0 <= state["report"]["shape_accuracy"] <= 1.0
     encoder = build_visual_encoder(VisualConfig(**TINY_VISUAL, path=str(out)))
     loaded = encoder.state_dict()

@@ -352,11 +352,19 @@ def test_segmentor_places_blocks_on_the_listed_stages(tiny_text_folder: Path):
     plain = build_segmentor(cfg, load_weights=False)
     torch.manual_seed(0)
     with_context = build_segmentor(
-        ModelConfig(cfg.visual, cfg.text, cfg.sesm, cfg.decoder_dim, context_stages=(2, 3)),
+        ModelConfig(
+            cfg.visual,
+            cfg.text,
+            cfg.sesm,
+            cfg.decoder_dim,
+            context_stages=(2, 3),
+            count_stages=(2,),
+        ),
         load_weights=False,
     )
     assert sorted(with_context.context) == ["1", "2"]
-    assert len(plain.context) == 0
+    assert sorted(with_context.counting) == ["1"]
+    assert len(plain.context) == len(plain.counting) == 0
     # the other modules draw the same initial weights, and the blocks start as identity
     images, input_ids, attention_mask, prior = inputs()
     out_plain = plain.eval()(images, input_ids, attention_mask, prior)
@@ -366,10 +374,13 @@ def test_segmentor_places_blocks_on_the_listed_stages(tiny_text_folder: Path):
     with torch.no_grad():
         for block in with_context.context.values():
             block.attention_out.weight.normal_()
+        for block in with_context.counting.values():
+            block.mlp[-1].weight.normal_()
     with_context.train()(images, input_ids, attention_mask, prior).square().mean().backward()
     assert all(
         block.query_key.weight.grad.abs().sum() > 0 for block in with_context.context.values()
     )
+    assert all(block.mark.weight.grad.abs().sum() > 0 for block in with_context.counting.values())
 
 
 def test_gradients_reach_gates_streams_and_prior_field(tiny_text_folder: Path):
