@@ -9,7 +9,8 @@ Prints a table and writes ``benchmarks/results/model_speed.json``.
 ``--breakdown PARAMS``: where the training forward's time goes for that params file's model
 at its ``train.image_size`` (one thread; every pair with a prior, cached word features, as a
 step feeds it): milliseconds per forward of the visual encoder (its SESM conditioning,
-context blocks and prior field run inside it, and are also timed on their own), the FPN
+context blocks, axis-count blocks and prior field run inside it, and are also timed on their
+own), the FPN
 decoder and the full-resolution head, medians over ``--steps`` forwards; the whole forward+backward beside
 them. Writes ``benchmarks/results/model_breakdown.json``.
 """
@@ -127,9 +128,10 @@ def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> 
         words, word_mask = model.text(input_ids, attention_mask)
     images, prior = torch.randn(batch, 3, size, size), torch.rand(batch, 1, size, size)
     parts = {
-        "visual (incl. conditioning, context, prior field)": model.visual,
+        "visual (incl. conditioning, context, axis counts, prior field)": model.visual,
         "conditioning": model.conditioners,
         "context": model.context,
+        "axis counts": model.counting,
         "prior field": model.prior_field,
         "decoder": model.decoder,
         "full-resolution head": model.head,
