@@ -106,6 +106,7 @@ class ModelConfig:
     # Stages (1-based) whose conditioned tokens then pass an axis-count block
     # (model/counting.py); none in the paper's model.
     count_stages: tuple[int, ...] = ()
+    count_marks: int = bounded(8, 1)  # mark maps per axis-count block
 
     def __post_init__(self) -> None:
         check_stages("context_stages", self.context_stages)

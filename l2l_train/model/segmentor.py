@@ -154,7 +154,10 @@ def build_segmentor(cfg: ModelConfig, *, load_weights: bool = True) -> Segmentor
         }
     )
     counting = nn.ModuleDict(
-        {str(stage - 1): AxisCount(visual.dims[stage - 1]) for stage in cfg.count_stages}
+        {
+            str(stage - 1): AxisCount(visual.dims[stage - 1], cfg.count_marks)
+            for stage in cfg.count_stages
+        }
     )
     return Segmentor(visual, text, conditioners, prior_field, decoder, head, context, counting)
 

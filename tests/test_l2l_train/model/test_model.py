@@ -359,11 +359,13 @@ def test_segmentor_places_blocks_on_the_listed_stages(tiny_text_folder: Path):
             cfg.decoder_dim,
             context_stages=(2, 3),
             count_stages=(2,),
+            count_marks=3,
         ),
         load_weights=False,
     )
     assert sorted(with_context.context) == ["1", "2"]
     assert sorted(with_context.counting) == ["1"]
+    assert with_context.counting["1"].mark.out_channels == 3
     assert len(plain.context) == len(plain.counting) == 0
     # the other modules draw the same initial weights, and the blocks start as identity
     images, input_ids, attention_mask, prior = inputs()
