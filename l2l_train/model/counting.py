@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from l2l_train.model.encoder import map_to_tokens, tokens_to_map
+
 
 def counts_beside(profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of a profile strictly before and strictly after each position.
@@ -77,7 +79,6 @@ class AxisCount(nn.Module):
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         normed = self.norm(tokens)
-        batch, _, channels = normed.shape
-        marks = torch.sigmoid(self.mark(normed.transpose(1, 2).reshape(batch, channels, *grid)))
-        counts = axis_counts(marks).flatten(2).transpose(1, 2)  # (B, N, 4K)
+        marks = torch.sigmoid(self.mark(tokens_to_map(normed, grid)))
+        counts = map_to_tokens(axis_counts(marks))  # (B, N, 4K)
         return tokens + self.mlp(torch.cat([normed, counts], dim=-1))
