@@ -492,6 +492,9 @@ def run_row(setup: Setup, row: Row, seed: int) -> dict:
         },
         "train": {key: last.get(name) for key, name in TRAIN_KEYS.items()},
         "val_oIoU_per_epoch": [h.get("val/oIoU") for h in history],
+        "train_per_epoch": {
+            key: [h.get(name) for h in history] for key, name in TRAIN_KEYS.items()
+        },
         "train_s": train_s,
         "eval_s": eval_s,
         "budget": asdict(setup.budget),
@@ -527,6 +530,12 @@ def summarize(row: Row, results: list[dict]) -> dict[str, Any]:
         "seeds": [r["seed"] for r in results],
         "paper_val_oIoU": PAPER_VAL_OIOU.get(row.name),
         **{name: mean_std(values) for name, values in figures.items()},
+        # Per seed, per epoch: validation and the training figures (figure 9's curves). Runs
+        # stored before these were recorded have validation only.
+        "curves": {
+            str(r["seed"]): {"val_oIoU": r["val_oIoU_per_epoch"], **r.get("train_per_epoch", {})}
+            for r in results
+        },
     }
 
 
@@ -566,6 +575,42 @@ def markdown_table(summaries: list[dict]) -> str:
                 cells.append(cell(s.get(key), scale, 0 if key == "wall_s" else 1))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Per-epoch curves tabulated under the main table: (caption, curve key).
+CURVE_TABLES = (
+    ("val oIoU", "val_oIoU"),
+    ("fused prior IoU (figure 9)", "fused_prior_iou"),
+    ("raw prior IoU on the same pairs", "raw_prior_iou"),
+    ("pseudo-label accuracy of the selected pixels", "pseudo_accuracy"),
+)
+
+
+def curves_tables(summaries: list[dict]) -> str:
+    """Per-epoch tables, one per :data:`CURVE_TABLES` entry with data: a line per ablation row
+    that has the curve, each cell its seeds' values (x 100) as ``a / b / c``."""
+    sections = []
+    for caption, key in CURVE_TABLES:
+        lines = []
+        for s in summaries:
+            per_seed = {
+                seed: curve[key]
+                for seed, curve in s["curves"].items()
+                if any(v is not None for v in curve.get(key, []))
+            }
+            if not per_seed:
+                continue
+            cells = [
+                " / ".join(f"{100 * v:.1f}" if v is not None else "–" for v in values)
+                for values in zip(*per_seed.values(), strict=True)
+            ]
+            lines.append(f"| {s['label']} | {' / '.join(per_seed)} | " + " | ".join(cells) + " |")
+        if lines:
+            epochs = len(summaries[0]["curves"][next(iter(summaries[0]["curves"]))]["val_oIoU"])
+            header = "| row | seeds | " + " | ".join(str(e + 1) for e in range(epochs)) + " |"
+            table = [f"{caption} per epoch:", "", header, "|" + "---|" * (epochs + 2), *lines]
+            sections.append("\n".join(table))
+    return "\n\n".join(sections)
 
 
 def budget_point(row: Row, partition: dict[str, Any], results: list[dict]) -> dict[str, Any]:
@@ -836,7 +881,7 @@ def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -
         "paper": {"val_oIoU": PAPER_VAL_OIOU, "figure9": PAPER_FIG9},
         "rows": summaries,
     }
-    write_payload(out, payload, markdown_table(summaries))
+    write_payload(out, payload, markdown_table(summaries) + "\n\n" + curves_tables(summaries))
 
 
 if __name__ == "__main__":

@@ -253,6 +253,44 @@ def test_report_only_writes_the_budget_json_table_and_figure(ablation, trainer_w
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_curves_table_lists_each_rows_seeds_per_epoch(ablation):
+    """Per-epoch tables under the main one: a row appears in a curve's table only when it has
+    that curve (supervised has no fused prior), each cell its seeds' values in seed order."""
+    rows = {r.name: r for r in ablation.ROWS}
+    results = {
+        "supervised": [fake_result("supervised", 22, 0.3) | {"val_oIoU_per_epoch": [0.2, 0.3]}],
+        "full": [
+            fake_result("full", seed, 0.5)
+            | {
+                "val_oIoU_per_epoch": val,
+                "train_per_epoch": {"fused_prior_iou": fused, "raw_prior_iou": [0.6, 0.6]},
+            }
+            for seed, val, fused in (
+                (22, [0.4, 0.5], [0.61, 0.65]),
+                (23, [0.45, 0.55], [None, 0.7]),
+            )
+        ],
+    }
+    summaries = [ablation.summarize(rows[name], runs) for name, runs in results.items()]
+    assert summaries[1]["curves"]["23"]["fused_prior_iou"] == [None, 0.7]
+
+    parts = ablation.curves_tables(summaries).split("\n\n")  # caption, table, caption, ...
+    captions, tables = parts[0::2], [part.splitlines() for part in parts[1::2]]
+    assert captions == [
+        "val oIoU per epoch:",
+        "fused prior IoU (figure 9) per epoch:",
+        "raw prior IoU on the same pairs per epoch:",
+    ]
+    val, fused, raw = tables
+    assert val[0] == "| row | seeds | 1 | 2 |"
+    assert val[2:] == [
+        "| supervised (5 %) | 22 | 20.0 | 30.0 |",
+        "| full L2L | 22 / 23 | 40.0 / 45.0 | 50.0 / 55.0 |",
+    ]
+    assert fused[2:] == ["| full L2L | 22 / 23 | 61.0 / – | 65.0 / 70.0 |"]
+    assert raw[2:] == ["| full L2L | 22 / 23 | 60.0 / 60.0 | 60.0 / 60.0 |"]
+
+
 @pytest.mark.parametrize("text", ["5%", "1;5", "", "1,,5", "one"])
 def test_label_budgets_refuse_an_unknown_format(ablation, text, capsys):
     with pytest.raises(SystemExit):
