@@ -1,0 +1,167 @@
+"""RPLE's reward over a grid of fixed thresholds, on a trained run's unlabelled pairs.
+
+    .venv/bin/python benchmarks/rple_reward.py [--params params.yaml]
+        [--checkpoint data/models/latest.pt] [--pairs 512] [--threads 1]
+
+Why: in the ablation, every run with RPLE ends with its thresholds near 0.55 / 0.46 (the
+static ones are 0.70 / 0.30), its selected pixels less accurate and its fused prior lower
+than the same run without RPLE (``benchmarks/README.md``). Is that the agent failing to find
+good thresholds, or what the reward asks for? This scores, for fixed ``(tau_fg, tau_bg)``
+on the same pairs, what the agent would be rewarded with (the instructional gain of DESIGN.md
+and each of its terms, no threshold change) beside what the labels are worth against the
+ground truth the loop never sees (accuracy of the selected pixels, coverage), with the run's
+own ``q_hat`` and its prediction on the strong view.
+
+Why the two can disagree, by hand: selecting one more of N pixels, with gap
+``g = |p - q_hat|`` to the prediction, changes the gain by about
+``(lambda_cov - lambda_cons (g - mean_gap)) / N`` (coverage rises by 1/N, the mean gap over
+the ~N selected pixels moves by ``(g - mean_gap) / N``); with the default weights (0.3, 0.4)
+any pixel whose gap is below ``mean_gap + 0.75`` earns reward, which every pixel of the band
+between the thresholds does while ``p`` is not confidently opposite. Separability is the only
+term against closing, through the mean prediction of the selected classes.
+
+The pairs are the unlabelled stream's first ``--pairs`` in the run's order; the strong view is
+the loader's (intensity ops), with the original expression and no prior (as for the 80 % of
+pairs whose prior the trained forward hides). Writes ``benchmarks/results/rple_reward.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import RESULTS, describe_machine, write_result
+
+FG_GRID = (0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95)
+BG_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="default: <paths.models>/latest.pt"
+    )
+    parser.add_argument("--pairs", type=int, default=512, help="unlabelled pairs scored")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "rple_reward.json")
+    return parser.parse_args(argv)
+
+
+@torch.no_grad()
+def unlabeled_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> dict[str, Any]:
+    """``q_hat``, ignore-band widths, strong-view probabilities and ground truth of the first
+    ``pairs`` unlabelled visits (the weak pass without exploration noise)."""
+    from l2l_train.data import split_eval_only, train_loader
+    from l2l_train.pairs import normalize_images
+
+    loader = train_loader(data_u, batch_size, start=0, rank=0, world=1, num_workers=0)
+    parts: list[dict[str, torch.Tensor]] = []
+    for batch in loader:
+        train_u, eval_u = split_eval_only(batch)
+        targets = student.weak_targets(train_u, explore=False).targets
+        text = student.text_inputs(list(train_u["expr_u_w"]))
+        logits = student.model(normalize_images(train_u["img_u_s"]), **text)
+        parts.append(
+            {
+                "q_hat": targets.q_hat,
+                "band": targets.band,
+                "p_strong": torch.sigmoid(logits.float()),
+                "gt": eval_u["mask_u_eval"],
+                "has_gt": eval_u["has_mask_u_eval"],
+            }
+        )
+        if len(parts) * batch_size >= pairs:
+            break
+    return {key: torch.cat([p[key] for p in parts])[:pairs] for key in parts[0]}
+
+
+def score_thresholds(maps: dict[str, Any], tau_fg: float, tau_bg: float, agent: Any) -> dict:
+    """Mean reward and terms, and the labels' accuracy and coverage, at fixed thresholds."""
+    from l2l_train.metrics import PseudoLabelAccumulator
+    from l2l_train.rple import compute_reward
+    from l2l_train.targets import pseudo_labels
+
+    q_hat = maps["q_hat"]
+    thresholds = torch.tensor([tau_fg, tau_bg]).expand(q_hat.shape[0], 2)
+    labels = pseudo_labels(q_hat, thresholds, maps["band"])
+    reward = compute_reward(maps["p_strong"], q_hat, labels, thresholds, thresholds, agent)
+    quality = PseudoLabelAccumulator()
+    known = maps["has_gt"]
+    quality.update(labels[known], maps["gt"][known])
+    return {
+        "tau_fg": tau_fg,
+        "tau_bg": tau_bg,
+        "reward": reward.total.mean().item(),
+        "separability": reward.separability.mean().item(),
+        "consistency": reward.consistency.mean().item(),
+        "coverage_term": reward.coverage.mean().item(),
+        **{f"label_{k}": v for k, v in quality.compute().items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from l2l_train.checkpoint import load_checkpoint
+    from l2l_train.config import TrainConfig, load_trainer_params
+    from l2l_train.data import UnlabeledPairs
+    from l2l_train.evaluate import model_from_checkpoint
+    from l2l_train.model import build_tokenizer
+    from l2l_train.pairs import open_teacher_store, pair_source
+    from l2l_train.runtime import Runtime
+    from l2l_train.step import Student
+    from l2l_train.targets import plan_method
+    from pipeline.schema import build_section
+
+    params = load_trainer_params(args.params)
+    checkpoint = args.checkpoint or Path(params.paths.models) / "latest.pt"
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    train_cfg = build_section(TrainConfig, ckpt["config"]["train"], "train")
+    plan = plan_method(train_cfg)
+    if not plan.teacher:
+        raise SystemExit(f"{checkpoint}: method {train_cfg.method} has no teacher prior to fuse")
+    model, model_cfg, image_size = model_from_checkpoint(ckpt)
+    model.eval()
+    tokenizer = build_tokenizer(model_cfg.text)
+    student = Student(train_cfg, plan, Runtime(device=torch.device("cpu")), model, tokenizer)
+    student.load_selection_state(ckpt)
+    store = open_teacher_store(params)
+    source = pair_source(params, "unlabeled", tokenizer, image_size, store, require_priors=True)
+    data_u = UnlabeledPairs(source, train_cfg.seed, train_cfg.augment)
+    maps = unlabeled_maps(student, data_u, args.pairs, args.batch_size)
+
+    grid = [
+        score_thresholds(maps, fg, bg, train_cfg.agent)
+        for fg in FG_GRID
+        for bg in BG_GRID
+        if bg < fg
+    ]
+    best_reward = max(grid, key=lambda point: point["reward"])
+    best_accuracy = max(grid, key=lambda point: point["label_accuracy"])
+    weights = {k: getattr(train_cfg.agent, k) for k in ("lambda_sep", "lambda_cons", "lambda_cov")}
+    result = {
+        "benchmark": "rple_reward",
+        "machine": describe_machine(torch.device("cpu")),
+        "checkpoint": str(checkpoint),
+        "method": train_cfg.method,
+        "step": ckpt["step"],
+        "pairs": int(maps["q_hat"].shape[0]),
+        "reward_weights": weights,
+        "agent_thresholds_last_epoch": [
+            ckpt["progress"]["history"][-1].get(k) for k in ("u/tau_fg", "u/tau_bg")
+        ],
+        "best_by_reward": best_reward,
+        "best_by_label_accuracy": best_accuracy,
+        "grid": grid,
+    }
+    write_result(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "grid"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
