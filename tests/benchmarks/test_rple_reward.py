@@ -35,6 +35,7 @@ def test_closing_the_band_raises_the_reward_while_label_accuracy_falls(rple_rewa
     assert static["coverage_term"] == pytest.approx(0.5)
     assert static["reward"] == pytest.approx(0.3 * sep + 0.4 * 0.9 + 0.3 * 0.5, abs=1e-6)
     assert (static["label_accuracy"], static["label_coverage"]) == (1.0, 0.5)
+    assert (static["label_fg_precision"], static["label_bg_precision"]) == (1.0, 1.0)
 
     # 0.55 / 0.4: pixel 1 (q_hat 0.6, truly background) joins the foreground, 2 the background.
     closed = rple_reward.score_thresholds(maps, 0.55, 0.4, agent)
@@ -42,4 +43,29 @@ def test_closing_the_band_raises_the_reward_while_label_accuracy_falls(rple_rewa
     cons = 1 - (0.1 + 0.6 + 0.35 + 0.1) / 4
     assert closed["reward"] == pytest.approx(0.3 * sep + 0.4 * cons + 0.3 * 1.0, abs=1e-6)
     assert (closed["label_accuracy"], closed["label_coverage"]) == (0.75, 1.0)
+    assert (closed["label_fg_precision"], closed["label_bg_precision"]) == (0.5, 1.0)
     assert closed["reward"] > static["reward"]
+
+
+def test_best_without_a_term_drops_its_weight(rple_reward):
+    """Coverage alone picks the open band, consistency alone the closed one."""
+    grid = [
+        {
+            "tau_fg": 0.7,
+            "tau_bg": 0.3,
+            "separability": 0.5,
+            "consistency": 0.9,
+            "coverage_term": 0.5,
+        },
+        {
+            "tau_fg": 0.55,
+            "tau_bg": 0.4,
+            "separability": 0.5,
+            "consistency": 0.7,
+            "coverage_term": 1.0,
+        },
+    ]
+    weights = {"sep": 0.3, "cons": 0.4, "cov": 0.3}
+    assert rple_reward.best_without(grid, weights, "cons") == pytest.approx((0.55, 0.4, 0.45))
+    assert rple_reward.best_without(grid, weights, "cov") == pytest.approx((0.7, 0.3, 0.51))
+    assert rple_reward.best_without(grid, weights, "sep")[:2] == (0.55, 0.4)  # 0.58 vs 0.51
