@@ -4,7 +4,7 @@
         [--checkpoint data/models/latest.pt] [--pairs 512] [--threads 1]
 
 Why: RPLE's thresholds drift toward 0.5 / 0.5 in training (the default's `make run` ends at
-0.52 / 0.48; without SESM the ablation's +SPM+RPLE rows end near 0.57 / 0.46, with lower
+0.52 / 0.48; without SESM the ablation's +SPM+RPLE rows end near 0.57 / 0.40, with lower
 selected-pixel accuracy than +SPM's static 0.70 / 0.30; ``benchmarks/README.md``). Is that the
 agent failing to find good thresholds, or what the reward asks for? This scores, for fixed
 ``(tau_fg, tau_bg)`` on the same pairs, what the agent would be rewarded with (the
