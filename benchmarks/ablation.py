@@ -591,7 +591,7 @@ def curves_tables(summaries: list[dict]) -> str:
     that has the curve, each cell its seeds' values (x 100) as ``a / b / c``."""
     sections = []
     for caption, key in CURVE_TABLES:
-        lines = []
+        lines, epochs = [], 0
         for s in summaries:
             per_seed = {
                 seed: curve[key]
@@ -605,8 +605,8 @@ def curves_tables(summaries: list[dict]) -> str:
                 for values in zip(*per_seed.values(), strict=True)
             ]
             lines.append(f"| {s['label']} | {' / '.join(per_seed)} | " + " | ".join(cells) + " |")
+            epochs = max(epochs, len(cells))
         if lines:
-            epochs = len(summaries[0]["curves"][next(iter(summaries[0]["curves"]))]["val_oIoU"])
             header = "| row | seeds | " + " | ".join(str(e + 1) for e in range(epochs)) + " |"
             table = [f"{caption} per epoch:", "", header, "|" + "---|" * (epochs + 2), *lines]
             sections.append("\n".join(table))

@@ -48,7 +48,8 @@ def test_closing_the_band_raises_the_reward_while_label_accuracy_falls(rple_rewa
 
 
 def test_best_without_a_term_drops_its_weight(rple_reward):
-    """Coverage alone picks the open band, consistency alone the closed one."""
+    """Without consistency, coverage picks the narrow ignore band (0.55 / 0.4); without
+    coverage, consistency picks the wide one (0.7 / 0.3)."""
     grid = [
         {
             "tau_fg": 0.7,
