@@ -129,31 +129,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from l2l_train.checkpoint import load_checkpoint
-    from l2l_train.config import TrainConfig, load_trainer_params
-    from l2l_train.data import UnlabeledPairs
-    from l2l_train.evaluate import model_from_checkpoint
-    from l2l_train.model import build_tokenizer
-    from l2l_train.pairs import open_teacher_store, pair_source
-    from l2l_train.runtime import Runtime
-    from l2l_train.step import Student
-    from l2l_train.targets import plan_method
-    from pipeline.schema import build_section
+    from l2l_train.config import load_trainer_params
+    from l2l_train.figures import student_from_checkpoint, unlabeled_pairs
 
     params = load_trainer_params(args.params)
     checkpoint = args.checkpoint or Path(params.paths.models) / "latest.pt"
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    train_cfg = build_section(TrainConfig, ckpt["config"]["train"], "train")
-    plan = plan_method(train_cfg)
-    if not plan.teacher:
+    student, image_size = student_from_checkpoint(ckpt, torch.device("cpu"))
+    train_cfg = student.cfg
+    if not student.plan.teacher:
         raise SystemExit(f"{checkpoint}: method {train_cfg.method} has no teacher prior to fuse")
-    model, model_cfg, image_size = model_from_checkpoint(ckpt)
-    model.eval()
-    tokenizer = build_tokenizer(model_cfg.text)
-    student = Student(train_cfg, plan, Runtime(device=torch.device("cpu")), model, tokenizer)
-    student.load_selection_state(ckpt)
-    store = open_teacher_store(params)
-    source = pair_source(params, "unlabeled", tokenizer, image_size, store, require_priors=True)
-    data_u = UnlabeledPairs(source, train_cfg.seed, train_cfg.augment)
+    data_u = unlabeled_pairs(params, student, image_size)
     maps = unlabeled_maps(student, data_u, args.pairs, args.batch_size)
 
     grid = [

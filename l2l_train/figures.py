@@ -102,6 +102,36 @@ class UnlabeledViews:
     has_gt: Tensor  # (N,) bool
 
 
+def student_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> tuple[Student, int]:
+    """The run a checkpoint saved, as the :class:`Student` that trained it: its segmentor (in
+    eval mode, on ``device``), its own train config and method plan (not ``params.yaml``'s) and
+    its pseudo-label selection state (RPLE agent, CATM, fusion weight); with its input side."""
+    from l2l_train.config import TrainConfig
+    from l2l_train.model import build_tokenizer
+    from l2l_train.runtime import Runtime
+    from l2l_train.targets import plan_method
+    from pipeline.schema import build_section
+
+    model, model_cfg, image_size = model_from_checkpoint(ckpt)
+    model.to(device).eval()
+    train_cfg = build_section(TrainConfig, ckpt["config"]["train"], "train")
+    plan = plan_method(train_cfg)
+    tokenizer = build_tokenizer(model_cfg.text)
+    student = Student(train_cfg, plan, Runtime(device=device), model, tokenizer)
+    student.load_selection_state(ckpt)
+    return student, image_size
+
+
+def unlabeled_pairs(params: TrainerParams, student: Student, image_size: int) -> UnlabeledPairs:
+    """The student's unlabelled training stream with its teacher priors from ``paths.priors``,
+    in its run's seed and augmentation."""
+    store = open_teacher_store(params)
+    source = pair_source(
+        params, "unlabeled", student.tokenizer, image_size, store, require_priors=True
+    )
+    return UnlabeledPairs(source, student.cfg.seed, student.cfg.augment)
+
+
 def unlabeled_views(student: Student, data_u: UnlabeledPairs, count: int) -> UnlabeledViews:
     """Run the student's weak pass (agent without exploration noise) over the first ``count``
     visits of the unlabelled stream (at most one pass over its refs)."""
@@ -322,12 +352,6 @@ def render_figures(params: TrainerParams, out_dir: str | Path | None = None) -> 
     checkpoint's own config, so the pictures show what that run did even if ``params.yaml``
     changed since; paths and the figure settings come from ``params``.
     """
-    from l2l_train.config import TrainConfig
-    from l2l_train.model import build_tokenizer
-    from l2l_train.runtime import Runtime
-    from l2l_train.targets import plan_method
-    from pipeline.schema import build_section
-
     settings = params.figures
     out = Path(out_dir) if out_dir is not None else Path(params.paths.metrics) / "figures"
     models = Path(params.paths.models)
@@ -342,25 +366,18 @@ def render_figures(params: TrainerParams, out_dir: str | Path | None = None) -> 
     ckpt = load_checkpoint(checkpoint, map_location=device)
     last = ckpt if checkpoint == latest else load_checkpoint(latest, map_location="cpu")
     written = [draw_quality_curves(last["progress"]["history"], out / FIGURES["quality"])]
-    model, model_cfg, image_size = model_from_checkpoint(ckpt)
-    model.to(device).eval()
-    tokenizer = build_tokenizer(model_cfg.text)
-    train_cfg = build_section(TrainConfig, ckpt["config"]["train"], "train")
-    plan = plan_method(train_cfg)
-    if plan.teacher:
-        student = Student(train_cfg, plan, Runtime(device=device), model, tokenizer)
-        student.load_selection_state(ckpt)
-        store = open_teacher_store(params)
-        source = pair_source(params, "unlabeled", tokenizer, image_size, store, require_priors=True)
-        data_u = UnlabeledPairs(source, train_cfg.seed, train_cfg.augment)
-        views = unlabeled_views(student, data_u, settings.pairs)
+    student, image_size = student_from_checkpoint(ckpt, device)
+    if student.plan.teacher:
+        views = unlabeled_views(
+            student, unlabeled_pairs(params, student, image_size), settings.pairs
+        )
         written.append(draw_confidence_scatter(views, out / FIGURES["scatter"]))
         written.append(draw_examples(views, settings.examples, out / FIGURES["examples"]))
     else:
-        log.info("method %s has no teacher: no confidence scatter or examples", train_cfg.method)
-    val = EvalPairs(pair_source(params, params.eval.val_split, tokenizer, image_size, None))
+        log.info("method %s has no teacher: no confidence scatter or examples", student.cfg.method)
+    val = EvalPairs(pair_source(params, params.eval.val_split, student.tokenizer, image_size, None))
     path = out / FIGURES["confidence"]
     written.append(
-        draw_confidence_maps(model, val, settings.confidence_maps, image_size, device, path)
+        draw_confidence_maps(student.model, val, settings.confidence_maps, image_size, device, path)
     )
     return written
