@@ -529,6 +529,7 @@ def summarize(row: Row, results: list[dict]) -> dict[str, Any]:
         "label": row.label,
         "seeds": [r["seed"] for r in results],
         "paper_val_oIoU": PAPER_VAL_OIOU.get(row.name),
+        "val_oIoU_by_seed": {str(r["seed"]): r["eval"]["none"]["val"]["oIoU"] for r in results},
         **{name: mean_std(values) for name, values in figures.items()},
         # Per seed, per epoch: validation and the training figures (figure 9's curves). Runs
         # stored before these were recorded have validation only.
@@ -611,6 +612,68 @@ def curves_tables(summaries: list[dict]) -> str:
             table = [f"{caption} per epoch:", "", header, "|" + "---|" * (epochs + 2), *lines]
             sections.append("\n".join(table))
     return "\n\n".join(sections)
+
+
+# Each Table 3 row against the row it builds on, and full L2L against the baselines that issue
+# 11's targets name (fixed fusion + 3 points, fixmatch + 8): (row, reference).
+PAIRED = (
+    ("fixed_fusion", "fixmatch"),
+    ("spm", "fixed_fusion"),
+    ("spm_sesm", "spm"),
+    ("spm_rple", "spm"),
+    ("full", "spm_sesm"),
+    ("full", "spm_rple"),
+    ("full", "fixed_fusion"),
+    ("full", "fixmatch"),
+)
+
+
+def paired_differences(summaries: list[dict]) -> list[dict[str, Any]]:
+    """Val oIoU of each :data:`PAIRED` row minus its reference's, seed by seed over the seeds
+    both have run (runs of one seed see their pairs in the same order), with their mean and
+    std."""
+    by_name = {s["row"]: s for s in summaries}
+    paired = []
+    for name, reference in PAIRED:
+        if name not in by_name or reference not in by_name:
+            continue
+        row, ref = by_name[name]["val_oIoU_by_seed"], by_name[reference]["val_oIoU_by_seed"]
+        seeds = [seed for seed in row if seed in ref]
+        if not seeds:
+            continue
+        differences = [row[seed] - ref[seed] for seed in seeds]
+        paired.append(
+            {
+                "row": name,
+                "reference": reference,
+                "seeds": seeds,
+                "differences": differences,
+                "val_oIoU_difference": mean_std(differences),
+            }
+        )
+    return paired
+
+
+def paired_table(summaries: list[dict]) -> str:
+    """:func:`paired_differences` as a markdown table (points of val oIoU)."""
+    labels = {s["row"]: s["label"] for s in summaries}
+    lines = [
+        "val oIoU differences, paired by seed:",
+        "",
+        "| row | minus | seeds | per seed | mean ± std | seeds above |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair in paired_differences(summaries):
+        differences = pair["differences"]
+        per_seed = " / ".join(f"{100 * d:+.1f}" for d in differences)
+        mean, std = pair["val_oIoU_difference"]
+        spread = f"{100 * mean:+.1f}" + (f" ± {100 * std:.1f}" if len(differences) > 1 else "")
+        above = sum(d > 0 for d in differences)
+        lines.append(
+            f"| {labels[pair['row']]} | {labels[pair['reference']]} | {' / '.join(pair['seeds'])}"
+            f" | {per_seed} | {spread} | {above} of {len(differences)} |"
+        )
+    return "\n".join(lines) if len(lines) > 4 else ""
 
 
 def budget_point(row: Row, partition: dict[str, Any], results: list[dict]) -> dict[str, Any]:
@@ -880,8 +943,10 @@ def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -
         "data": data,  # the data folder, or the benchmark dataset's data.synthetic keys
         "paper": {"val_oIoU": PAPER_VAL_OIOU, "figure9": PAPER_FIG9},
         "rows": summaries,
+        "paired": paired_differences(summaries),
     }
-    write_payload(out, payload, markdown_table(summaries) + "\n\n" + curves_tables(summaries))
+    sections = (markdown_table(summaries), paired_table(summaries), curves_tables(summaries))
+    write_payload(out, payload, "\n\n".join(section for section in sections if section))
 
 
 if __name__ == "__main__":

@@ -291,6 +291,43 @@ def test_curves_table_lists_each_rows_seeds_per_epoch(ablation):
     assert raw[2:] == ["| full L2L | 22 / 23 | 60.0 / 60.0 | 60.0 / 60.0 |"]
 
 
+def test_paired_differences_subtract_the_reference_seed_by_seed(ablation):
+    """Rows pair on the seeds both have run; a pair whose reference has not run is left out."""
+    rows = {r.name: r for r in ablation.ROWS}
+    vals = {
+        "fixmatch": {22: 0.30},
+        "fixed_fusion": {22: 0.47, 23: 0.50, 24: 0.44},
+        "spm_sesm": {22: 0.50, 23: 0.49},
+        "full": {22: 0.52, 23: 0.45, 24: 0.48},
+    }
+    summaries = [
+        ablation.summarize(rows[name], [fake_result(name, seed, v) for seed, v in by_seed.items()])
+        for name, by_seed in vals.items()
+    ]
+    paired = {(p["row"], p["reference"]): p for p in ablation.paired_differences(summaries)}
+    assert list(paired) == [
+        ("fixed_fusion", "fixmatch"),
+        ("full", "spm_sesm"),
+        ("full", "fixed_fusion"),
+        ("full", "fixmatch"),
+    ]  # spm has not run: nothing against or after it
+    full_fixed = paired[("full", "fixed_fusion")]
+    assert full_fixed["seeds"] == ["22", "23", "24"]
+    assert full_fixed["differences"] == pytest.approx([0.05, -0.05, 0.04])
+    mean, std = full_fixed["val_oIoU_difference"]
+    assert mean == pytest.approx(0.04 / 3)
+    assert std == pytest.approx(statistics.stdev([0.05, -0.05, 0.04]))
+    assert paired[("full", "spm_sesm")]["differences"] == pytest.approx([0.02, -0.04])
+
+    table = ablation.paired_table(summaries).splitlines()
+    assert table[0] == "val oIoU differences, paired by seed:"
+    assert table[4] == "| fixed 0.5 fusion | fixmatch | 22 | +17.0 | +17.0 | 1 of 1 |"
+    assert table[6] == (
+        "| full L2L | fixed 0.5 fusion | 22 / 23 / 24 | +5.0 / -5.0 / +4.0 | +1.3 ± 5.5 | 2 of 3 |"
+    )
+    assert ablation.paired_table(summaries[:1]) == ""
+
+
 @pytest.mark.parametrize("text", ["5%", "1;5", "", "1,,5", "one"])
 def test_label_budgets_refuse_an_unknown_format(ablation, text, capsys):
     with pytest.raises(SystemExit):
