@@ -57,8 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @torch.no_grad()
 def unlabeled_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> dict[str, Any]:
-    """``q_hat``, ignore-band widths, strong-view probabilities and ground truth of the first
-    ``pairs`` unlabelled visits (the weak pass without exploration noise)."""
+    """``q_hat``, ignore-band widths, the agent's thresholds, strong-view probabilities and
+    ground truth of the first ``pairs`` unlabelled visits (the weak pass without exploration
+    noise)."""
     from l2l_train.data import split_eval_only, train_loader
     from l2l_train.pairs import normalize_images
 
@@ -73,6 +74,7 @@ def unlabeled_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> di
             {
                 "q_hat": targets.q_hat,
                 "band": targets.band,
+                "thresholds": targets.thresholds,
                 "p_strong": torch.sigmoid(logits.float()),
                 "gt": eval_u["mask_u_eval"],
                 "has_gt": eval_u["has_mask_u_eval"],
@@ -111,6 +113,20 @@ def score_thresholds(maps: dict[str, Any], tau_fg: float, tau_bg: float, agent: 
         **{f"label_{k}": v for k, v in quality.compute().items()},
         "label_fg_precision": ((foreground & truth).sum() / foreground.sum()).item(),
         "label_bg_precision": ((background & ~truth).sum() / background.sum()).item(),
+    }
+
+
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+def threshold_spread(thresholds: torch.Tensor) -> dict[str, list[float]]:
+    """How far the agent's per-pair thresholds spread: their :data:`QUANTILES`, per threshold.
+
+    Shapes: thresholds (N, 2) as (tau_fg, tau_bg)."""
+    levels = torch.tensor(QUANTILES, dtype=thresholds.dtype)
+    return {
+        name: torch.quantile(thresholds[:, column], levels).tolist()
+        for column, name in enumerate(("tau_fg", "tau_bg"))
     }
 
 
@@ -162,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         "agent_thresholds_last_epoch": [
             ckpt["progress"]["history"][-1].get(k) for k in ("u/tau_fg", "u/tau_bg")
         ],
+        # The agent acts on each pair's state: does it choose per pair, or one pair of
+        # thresholds for all? (5th, 50th and 95th percentile over the pairs, no noise.)
+        "agent_thresholds_per_pair": threshold_spread(maps["thresholds"]),
         "best_by_reward": best_reward,
         "best_by_label_accuracy": best_accuracy,
         # The paper's Table 7 rows: where the reward without one term would put the thresholds.

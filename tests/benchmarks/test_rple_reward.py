@@ -70,3 +70,12 @@ def test_best_without_a_term_drops_its_weight(rple_reward):
     assert rple_reward.best_without(grid, weights, "cons") == pytest.approx((0.55, 0.4, 0.45))
     assert rple_reward.best_without(grid, weights, "cov") == pytest.approx((0.7, 0.3, 0.51))
     assert rple_reward.best_without(grid, weights, "sep")[:2] == (0.55, 0.4)  # 0.58 vs 0.51
+
+
+def test_threshold_spread_is_each_thresholds_percentiles(rple_reward):
+    """21 pairs whose tau_fg runs 0.50, 0.51, ..., 0.70 and tau_bg is 0.3 for all: the 5th,
+    50th and 95th percentiles by linear interpolation (position q * 20)."""
+    tau_fg = torch.linspace(0.5, 0.7, 21)
+    spread = rple_reward.threshold_spread(torch.stack([tau_fg, torch.full((21,), 0.3)], dim=1))
+    assert spread["tau_fg"] == pytest.approx([0.51, 0.60, 0.69])
+    assert spread["tau_bg"] == pytest.approx([0.3, 0.3, 0.3])
