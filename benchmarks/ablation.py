@@ -654,16 +654,18 @@ def paired_differences(summaries: list[dict]) -> list[dict[str, Any]]:
     return paired
 
 
-def paired_table(summaries: list[dict]) -> str:
-    """:func:`paired_differences` as a markdown table (points of val oIoU)."""
-    labels = {s["row"]: s["label"] for s in summaries}
+def paired_table(pairs: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    """:func:`paired_differences` as a markdown table (points of val oIoU), rows named by
+    ``labels``; empty when there is no pair."""
+    if not pairs:
+        return ""
     lines = [
         "val oIoU differences, paired by seed:",
         "",
         "| row | minus | seeds | per seed | mean ± std | seeds above |",
         "|---|---|---|---|---|---|",
     ]
-    for pair in paired_differences(summaries):
+    for pair in pairs:
         differences = pair["differences"]
         per_seed = " / ".join(f"{100 * d:+.1f}" for d in differences)
         mean, std = pair["val_oIoU_difference"]
@@ -673,7 +675,7 @@ def paired_table(summaries: list[dict]) -> str:
             f"| {labels[pair['row']]} | {labels[pair['reference']]} | {' / '.join(pair['seeds'])}"
             f" | {per_seed} | {spread} | {above} of {len(differences)} |"
         )
-    return "\n".join(lines) if len(lines) > 4 else ""
+    return "\n".join(lines)
 
 
 def budget_point(row: Row, partition: dict[str, Any], results: list[dict]) -> dict[str, Any]:
@@ -945,7 +947,9 @@ def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -
         "rows": summaries,
         "paired": paired_differences(summaries),
     }
-    sections = (markdown_table(summaries), paired_table(summaries), curves_tables(summaries))
+    labels = {s["row"]: s["label"] for s in summaries}
+    paired = paired_table(payload["paired"], labels)
+    sections = (markdown_table(summaries), paired, curves_tables(summaries))
     write_payload(out, payload, "\n\n".join(section for section in sections if section))
 
 

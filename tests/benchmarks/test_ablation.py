@@ -304,7 +304,8 @@ def test_paired_differences_subtract_the_reference_seed_by_seed(ablation):
         ablation.summarize(rows[name], [fake_result(name, seed, v) for seed, v in by_seed.items()])
         for name, by_seed in vals.items()
     ]
-    paired = {(p["row"], p["reference"]): p for p in ablation.paired_differences(summaries)}
+    pairs = ablation.paired_differences(summaries)
+    paired = {(p["row"], p["reference"]): p for p in pairs}
     assert list(paired) == [
         ("fixed_fusion", "fixmatch"),
         ("full", "spm_sesm"),
@@ -319,13 +320,15 @@ def test_paired_differences_subtract_the_reference_seed_by_seed(ablation):
     assert std == pytest.approx(statistics.stdev([0.05, -0.05, 0.04]))
     assert paired[("full", "spm_sesm")]["differences"] == pytest.approx([0.02, -0.04])
 
-    table = ablation.paired_table(summaries).splitlines()
+    labels = {s["row"]: s["label"] for s in summaries}
+    table = ablation.paired_table(pairs, labels).splitlines()
     assert table[0] == "val oIoU differences, paired by seed:"
     assert table[4] == "| fixed 0.5 fusion | fixmatch | 22 | +17.0 | +17.0 | 1 of 1 |"
     assert table[6] == (
         "| full L2L | fixed 0.5 fusion | 22 / 23 / 24 | +5.0 / -5.0 / +4.0 | +1.3 ± 5.5 | 2 of 3 |"
     )
-    assert ablation.paired_table(summaries[:1]) == ""
+    assert ablation.paired_differences(summaries[:1]) == []
+    assert ablation.paired_table([], labels) == ""
 
 
 @pytest.mark.parametrize("text", ["5%", "1;5", "", "1,,5", "one"])
