@@ -2,16 +2,17 @@
 
     .venv/bin/python benchmarks/ablation.py [--seeds 1] [--epochs 4] [--steps-per-epoch 250]
         [--image-size 64] [--rows supervised,full | table4,table7] [--teacher-eval]
-        [--label-budgets 0.1,1,5,10] [--report-only]
+        [--label-budgets 0.1,1,5,10] [--jobs 2] [--report-only]
 
 The benchmark's data is the embedded default dataset (params.yaml's ``data.synthetic``, with
 ``--synthetic`` overrides; built once under ``--work/data`` with priors for every split, in
 about 30 s), or ``--data``. The
 default budget is 1000 steps of 8 labelled + 8 unlabelled pairs at 64 px, validated every
 250 steps; each row records its validation curve (``val_oIoU_per_epoch``) so one can check
-that it has flattened. On two CPU cores the eight rows take about 45 minutes as two
-invocations with disjoint ``--rows`` side by side (``OMP_NUM_THREADS=1`` each, ``--out`` to
-separate files), then ``--report-only`` tabulates every finished (row, seed).
+that it has flattened. ``--jobs N`` trains N (row, seed) runs at once, each with
+``OMP_NUM_THREADS`` = cores / N: on two CPU cores ``--jobs 2`` is the fastest way through the
+rows (one thread per run learns more per CPU-second than two); on a GPU the runs share the
+device. ``--report-only`` tabulates every finished (row, seed).
 
 Rows (5 % labels unless named otherwise; "Baseline" = SESM off, the prior never enters the
 model, as the paper's baseline):
@@ -88,6 +89,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -269,8 +272,8 @@ def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 
     folder = data / name
     if (folder / "partition.parquet").exists():
         return folder
-    # Built in a private folder and renamed into place: invocations side by side (the
-    # documented way to use both cores) may ask for the same budget at the same moment.
+    # Built in a private folder and renamed into place: runs side by side (--jobs, or
+    # invocations with disjoint --rows) may ask for the same budget at the same moment.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=data))
     try:
         fill_manifests_folder(staging, (data / "manifests").resolve(), labels, split_seed)
@@ -394,6 +397,7 @@ class Setup:
     teacher_eval: bool
     labels: float | None = None  # label budget, % of train images; None: the data's partition
     split_seed: int = 22  # split.seed of the partitions drawn at a label budget
+    threads: int | None = None  # OMP_NUM_THREADS of each run's processes; None: inherited
 
 
 def run_folder(work: Path, row: Row, seed: int, labels: float | None = None) -> Path:
@@ -419,7 +423,7 @@ def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
     params["model"] = _merge(params.get("model", {}), row.model)
     params["model"].setdefault("sesm", {})["enabled"] = row.sesm
     # One rank per run, so a step's batch is the budget's (params.yaml's train.processes would
-    # multiply it); two invocations side by side use two cores.
+    # multiply it); --jobs 2 runs two at once, one per core.
     params["train"] = _merge(params.get("train", {}), row.train) | asdict(budget)
     params["train"] |= {"seed": seed, "processes": 1}
     # Validate every epoch (the curve shows whether the row has flattened); the last epoch's
@@ -428,11 +432,15 @@ def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
     return params
 
 
-def run_command(args: list[str], log: Path) -> float:
-    """Run ``args`` with stdout and stderr appended to ``log``; returns wall seconds."""
+def run_command(args: list[str], log: Path, threads: int | None = None) -> float:
+    """Run ``args`` with stdout and stderr appended to ``log`` (``threads``: its
+    OMP_NUM_THREADS); returns wall seconds."""
+    env = None if threads is None else os.environ | {"OMP_NUM_THREADS": str(threads)}
     tick = time.perf_counter()
     with log.open("a") as out:
-        done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+        done = subprocess.run(
+            args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, check=False
+        )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {done.returncode}: see {log}")
     return time.perf_counter() - tick
@@ -465,7 +473,7 @@ def run_row(setup: Setup, row: Row, seed: int) -> dict:
         check_train_priors(paths.params, f"{row.name} at {setup.labels:g} % labels")
     log = paths.folder / "log.txt"
     p = ["-p", str(paths.params)]
-    train_s = run_command([str(L2L_TRAIN), "run", *p], log)
+    train_s = run_command([str(L2L_TRAIN), "run", *p], log, setup.threads)
     checkpoint = paths.folder / "models" / "latest.pt"
     scores = {}
     # Without SESM the model ignores its prior input: a teacher-prior score would repeat "none".
@@ -480,7 +488,7 @@ def run_row(setup: Setup, row: Row, seed: int) -> dict:
         command = [str(L2L_TRAIN), "eval", *p, "--checkpoint", str(checkpoint), "--prior", prior]
         for split in splits:
             command += ["--split", split]
-        eval_s += run_command([*command, "--out", str(out)], log)
+        eval_s += run_command([*command, "--out", str(out)], log, setup.threads)
         scores[prior] = json.loads(out.read_text())["splits"]
     scores["none"]["val"] = {"oIoU": last["val/oIoU"], "mIoU": last["val/mIoU"]}
     result = {
@@ -789,6 +797,13 @@ def label_budgets(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -839,6 +854,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--label-budgets; the table and figure are written beside it)",
     )
     parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="(row, seed) runs at once, each with OMP_NUM_THREADS = cores / jobs unless set "
+        "(on a GPU they share the device); rows are reported in order as their seeds finish",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="train nothing: tabulate the (row, seed) results already under --work",
@@ -869,26 +891,54 @@ def main(argv: list[str] | None = None) -> None:
         base=base,
         teacher_eval=args.teacher_eval,
         split_seed=base["split"]["seed"],
+        threads=run_threads(args.jobs),
     )
     data = str(args.data) if args.data else {"synthetic": args.synthetic}
     if sweep:
         sweep_label_budgets(args, setup, rows, data)
         return
     out = args.out or RESULTS / "ablation.json"
+    seeds = [22 + k for k in range(args.seeds)]
     summaries = []
-    for row in rows:
-        seeds = [22 + k for k in range(args.seeds)]
-        if args.report_only:
-            results = [finished(args.work, row, seed) for seed in seeds]
-            results = [r for r in results if r is not None]
-            if not results:
-                continue
-        else:
-            results = [run_row(setup, row, seed) for seed in seeds]
-        summaries.append(summarize(row, results))
-        write_outputs(out, budget, data, summaries)
-        print(f"{row.name}: done", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for row, results in row_results(pool, setup, rows, seeds, args.report_only):
+            summaries.append(summarize(row, results))
+            write_outputs(out, budget, data, summaries)
+            print(f"{row.name}: done", flush=True)
     print(markdown_table(summaries))
+
+
+def run_threads(jobs: int) -> int | None:
+    """OMP_NUM_THREADS for each run when ``jobs`` run at once: this machine's cores shared
+    out (at least one each); None (inherited) for one job, or when the caller set it."""
+    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // jobs)
+
+
+def row_results(
+    pool: ThreadPoolExecutor, setup: Setup, rows: list[Row], seeds: list[int], report_only: bool
+) -> Iterator[tuple[Row, list[dict]]]:
+    """Each row with its (row, seed) results, in row order. Every run is queued on ``pool``
+    at once and a row is yielded when its seeds have finished. A failed run raises when its
+    row comes: the runs not yet started are cancelled, those running finish first (each
+    keeps its result.json, so a rerun skips them). ``report_only``: the finished runs only,
+    rows without any left out."""
+    if report_only:
+        for row in rows:
+            results = [finished(setup.work, row, seed, setup.labels) for seed in seeds]
+            if any(r is not None for r in results):
+                yield row, [r for r in results if r is not None]
+        return
+    queued = [(row, [pool.submit(run_row, setup, row, seed) for seed in seeds]) for row in rows]
+    for row, runs in queued:
+        try:
+            results = [run.result() for run in runs]
+        except Exception as error:
+            print(f"{row.name}: {error}; waiting for the runs already started", flush=True)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        yield row, results
 
 
 def sweep_label_budgets(args: argparse.Namespace, setup: Setup, rows: list[Row], data: Any) -> None:
@@ -908,20 +958,14 @@ def sweep_label_budgets(args: argparse.Namespace, setup: Setup, rows: list[Row],
         # tables' rows: their runs are this point's, not repeated under budget<pct>/.
         run_labels = None if is_own_partition(manifests) else labels
         at_budget = replace(setup, labels=run_labels)
-        for row in rows:
-            if args.report_only:
-                results = [finished(setup.work, row, seed, run_labels) for seed in seeds]
-                results = [r for r in results if r is not None]
-                if not results:
-                    continue
-            else:
-                results = [run_row(at_budget, row, seed) for seed in seeds]
-            points[row.name].append(budget_point(row, partition, results))
-            payload = label_budget_payload(
-                setup.budget, data, setup.split_seed, args.label_budgets, rows, points
-            )
-            write_label_budget(out, payload)
-            print(f"{row.name} at {labels:g} % labels: done", flush=True)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for row, results in row_results(pool, at_budget, rows, seeds, args.report_only):
+                points[row.name].append(budget_point(row, partition, results))
+                payload = label_budget_payload(
+                    setup.budget, data, setup.split_seed, args.label_budgets, rows, points
+                )
+                write_label_budget(out, payload)
+                print(f"{row.name} at {labels:g} % labels: done", flush=True)
     print(label_budget_table(payload))
 
 
