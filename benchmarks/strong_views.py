@@ -75,10 +75,15 @@ def readable(retention: Sequence[float], magnitudes: Sequence[float], keep: floa
 
 
 def oiou(preds: Sequence[torch.Tensor], gts: Sequence[torch.Tensor]) -> float:
-    """Overall IoU: summed intersections over summed unions. Shapes: each (H_i, W_i) bool."""
-    inter = sum(int((p & g).sum()) for p, g in zip(preds, gts, strict=True))
-    union = sum(int((p | g).sum()) for p, g in zip(preds, gts, strict=True))
-    return inter / max(1, union)
+    """Overall IoU (summed intersections over summed unions) by the evaluation's own
+    :class:`~l2l_train.metrics.IoUAccumulator`, one pair at a time (each at its original
+    size). Shapes: each (H_i, W_i) bool."""
+    from l2l_train.metrics import IoUAccumulator
+
+    accumulator = IoUAccumulator()
+    for pred, gt in zip(preds, gts, strict=True):
+        accumulator.update(pred[None], gt[None])
+    return accumulator.compute()["oIoU"]
 
 
 def main(argv: list[str] | None = None) -> None:
