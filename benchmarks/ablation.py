@@ -909,11 +909,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_threads(jobs: int) -> int | None:
-    """OMP_NUM_THREADS for each run when ``jobs`` run at once: this machine's cores shared
-    out (at least one each); None (inherited) for one job, or when the caller set it."""
-    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
-        return None
-    return max(1, len(os.sched_getaffinity(0)) // jobs)
+    """OMP_NUM_THREADS for each run when ``jobs`` run at once: the runtime's
+    :func:`~l2l_train.runtime.thread_share`; None (inherited) for one job."""
+    from l2l_train.runtime import thread_share
+
+    return None if jobs == 1 else thread_share(jobs)
 
 
 def row_results(

@@ -3,6 +3,7 @@ trainable parameter counts of the Baseline and +SESM at embedded and paper size.
 
     .venv/bin/python benchmarks/model_speed.py [--batch 8] [--size 128] [--steps 20] [--warmup 10]
     .venv/bin/python benchmarks/model_speed.py --breakdown params.yaml [--batch 12]
+    .venv/bin/python benchmarks/model_speed.py --compare params.yaml other.yaml [--batch 12]
 
 Prints a table and writes ``benchmarks/results/model_speed.json``.
 
@@ -13,6 +14,11 @@ context blocks, axis-count blocks and prior field run inside it, and are also ti
 own), the FPN
 decoder and the full-resolution head, medians over ``--steps`` forwards; the whole forward+backward beside
 them. Writes ``benchmarks/results/model_breakdown.json``.
+
+``--compare PARAMS [PARAMS ...]``: is one model cheaper to train than another? The same
+training forward and its backward for each file's model, on one thread, in interleaved blocks
+over ``--rounds`` rounds; each model's time as a ratio to the first's (median of per-round
+ratios). Writes ``benchmarks/results/model_compare.json``.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import write_result
+from common import interleaved_blocks, paired_ratio, summarize, write_result
+from torch import Tensor
 
 from l2l_train.config import ModelConfig
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer, count_parameters
@@ -112,11 +120,12 @@ def run(batch: int, size: int, steps: int, warmup: int) -> dict:
     }
 
 
-def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> dict:
-    """Median ms per forward of each top-level part of ``params_path``'s segmentor."""
+def training_forward(params_path: str, batch: int) -> tuple[Segmentor, Callable[[], Tensor], int]:
+    """``params_path``'s segmentor in training mode, a call of its training forward on
+    ``batch`` pairs (every pair with a prior, cached word features, as a step feeds it) that
+    returns the logits, and the input side (its ``train.image_size``)."""
     from l2l_train.config import load_trainer_params
 
-    torch.set_num_threads(1)
     params = load_trainer_params(params_path)
     size = params.train.image_size
     torch.manual_seed(0)
@@ -127,6 +136,45 @@ def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> 
     with torch.no_grad():
         words, word_mask = model.text(input_ids, attention_mask)
     images, prior = torch.randn(batch, 3, size, size), torch.rand(batch, 1, size, size)
+    return (
+        model,
+        lambda: model(images, None, None, prior, words=words, word_mask=word_mask),
+        size,
+    )
+
+
+def compare_models(params_paths: list[str], batch: int, rounds: int, warmup: int) -> dict:
+    """Forward+backward of each params file's training model (:func:`training_forward`),
+    interleaved over ``rounds`` blocks on one thread; ratios of each to the first."""
+    torch.set_num_threads(1)
+    arms = {}
+    for path in params_paths:
+        model, forward, _ = training_forward(path, batch)
+
+        def step(model: Segmentor = model, forward: Callable[[], Tensor] = forward) -> None:
+            forward().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+        arms[path] = step
+    seconds = interleaved_blocks(
+        arms, rounds=rounds, block=5, warmup=warmup, settle=1, device=torch.device("cpu")
+    )
+    first = params_paths[0]
+    return {
+        "benchmark": "model_compare",
+        "task": f"training forward+backward, batch {batch}, every pair with a prior, 1 thread",
+        "rounds": rounds,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "seconds": {path: summarize(v) for path, v in seconds.items()},
+        f"over_{first}": {path: paired_ratio(v, seconds[first]) for path, v in seconds.items()},
+    }
+
+
+def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> dict:
+    """Median ms per forward of each top-level part of ``params_path``'s segmentor."""
+    torch.set_num_threads(1)
+    model, forward, size = training_forward(params_path, batch)
     parts = {
         "visual (incl. conditioning, context, axis counts, prior field)": model.visual,
         "conditioning": model.conditioners,
@@ -158,7 +206,7 @@ def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> 
     for step in range(warmup + steps):
         before = dict(spent)
         start = time.perf_counter()
-        logits = model(images, None, None, prior, words=words, word_mask=word_mask)
+        logits = forward()
         forward = time.perf_counter() - start
         logits.mean().backward()
         total = time.perf_counter() - start
@@ -203,7 +251,21 @@ def main() -> None:
     # growth); the figure of interest is the steady state of a training run.
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--breakdown", metavar="PARAMS", help="time the parts of this model")
+    parser.add_argument(
+        "--compare",
+        metavar="PARAMS",
+        nargs="+",
+        help="time these params files' models against the first, interleaved",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="--compare: interleaved blocks")
     args = parser.parse_args()
+    if args.compare:
+        result = compare_models(args.compare, args.batch, args.rounds, args.warmup)
+        for path, ratio in result[f"over_{args.compare[0]}"].items():
+            median = result["seconds"][path]["median_s"]
+            print(f"{path:<40}{1e3 * median:>8.1f} ms  {ratio:.3f}x the first's time")
+        write_result(RESULT.with_name("model_compare.json"), result)
+        return
     if args.breakdown:
         result = forward_breakdown(args.breakdown, args.batch, args.steps, args.warmup)
         for name, ms in result["median_ms"].items():

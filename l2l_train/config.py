@@ -100,6 +100,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     sesm: SESMConfig = field(default_factory=SESMConfig)
     decoder_dim: int = bounded(64, 8)  # FPN channels (LAVT: 512)
+    fine_dim: int = bounded(16, 1)  # channels of the full-resolution head (model/decoder.py)
     # Stages (1-based) whose conditioned tokens also pass one global self-attention block
     # (model/context.py); none in the paper's model.
     context_stages: tuple[int, ...] = ()

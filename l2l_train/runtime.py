@@ -72,12 +72,20 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device=device, rank=rank, world=world, amp=cfg.amp and device.type == "cuda")
 
 
+def thread_share(processes: int) -> int | None:
+    """Threads for each of ``processes`` processes that run at once: an equal share of the
+    cores this process may use, at least one; None when ``OMP_NUM_THREADS`` is set (the
+    caller's choice, which the processes inherit)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // processes)
+
+
 def torchrun_command(processes: int, args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """argv and environment that run ``python -m l2l_train.cli *args`` as ``processes`` DDP
-    ranks on this machine (torchrun, standalone rendezvous on a free port). Each rank gets
-    an equal share of the cores this process may use as its thread count, unless
-    ``OMP_NUM_THREADS`` is set: at the embedded model's size a second thread speeds a step
-    less than a second rank does (``benchmarks/processes_speed.py``)."""
+    ranks on this machine (torchrun, standalone rendezvous on a free port), each with its
+    :func:`thread_share` of the cores: at the embedded model's size a second thread speeds a
+    step less than a second rank does (``benchmarks/processes_speed.py``)."""
     argv = [
         sys.executable,
         "-m",
@@ -89,7 +97,9 @@ def torchrun_command(processes: int, args: Sequence[str]) -> tuple[list[str], di
         *args,
     ]
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // processes)))
+    threads = thread_share(processes)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return argv, env
 
 

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Channels of the full-resolution refinement: small, since it runs on every input pixel.
-FINE_DIM = 16
 # GroupNorm groups of the encoder's and decoder's convolutions. Group statistics are per
 # sample, so pairs with and without a prior in one batch (conditioning feeds every later layer)
 # normalise alike, as they do at evaluation (BatchNorm's running averages mix the two).
@@ -67,15 +65,17 @@ class FineHead(nn.Module):
     there; this path keeps them.
     """
 
-    def __init__(self, dim: int, prior_channels: int) -> None:
+    def __init__(self, dim: int, prior_channels: int, fine_dim: int) -> None:
+        """``fine_dim``: channels of the full-resolution refinement (small, since it runs on
+        every input pixel)."""
         super().__init__()
         self.coarse = nn.Conv2d(dim, 1, kernel_size=1)
-        self.reduce = nn.Conv2d(dim, FINE_DIM, kernel_size=1)
-        self.image = conv_norm_relu(3, FINE_DIM)
+        self.reduce = nn.Conv2d(dim, fine_dim, kernel_size=1)
+        self.image = conv_norm_relu(3, fine_dim)
         self.prior_channels = prior_channels
         self.refine = nn.Sequential(
-            conv_norm_relu(2 * FINE_DIM + prior_channels, FINE_DIM),
-            nn.Conv2d(FINE_DIM, 1, kernel_size=3, padding=1),
+            conv_norm_relu(2 * fine_dim + prior_channels, fine_dim),
+            nn.Conv2d(fine_dim, 1, kernel_size=3, padding=1),
         )
 
     def forward(

@@ -146,7 +146,9 @@ def build_segmentor(cfg: ModelConfig, *, load_weights: bool = True) -> Segmentor
     conditioners = build_stage_conditioners(visual.dims, visual.num_heads, text.dim, cfg.sesm)
     prior_field = PriorField(cfg.sesm.prior_dim) if uses_prior(cfg.sesm) else None
     decoder = FPNDecoder(visual.dims, cfg.decoder_dim)
-    head = FineHead(cfg.decoder_dim, prior_channels=2 if prior_field is not None else 0)
+    head = FineHead(
+        cfg.decoder_dim, prior_channels=2 if prior_field is not None else 0, fine_dim=cfg.fine_dim
+    )
     context = nn.ModuleDict(
         {
             str(stage - 1): GlobalContext(visual.dims[stage - 1], visual.num_heads[stage - 1])

@@ -1,0 +1,39 @@
+"""benchmarks/model_speed.py --compare: two params files' models timed in the same rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from benchmark_scripts import import_benchmark
+
+
+@pytest.fixture(scope="module")
+def model_speed():
+    return import_benchmark("model_speed")
+
+
+def params_file(folder: Path, name: str, fine_dim: int) -> str:
+    path = folder / name
+    model = {"visual": {"kind": "resnet", "path": None}, "fine_dim": fine_dim}
+    path.write_text(yaml.safe_dump({"model": model, "train": {"image_size": 32}}))
+    return str(path)
+
+
+def test_compare_times_every_model_in_every_round(model_speed, tmp_path):
+    wide = params_file(tmp_path, "wide.yaml", 16)
+    narrow = params_file(tmp_path, "narrow.yaml", 8)
+    result = model_speed.compare_models([wide, narrow], batch=2, rounds=2, warmup=1)
+    assert [len(result["seconds"][p]["values_s"]) for p in (wide, narrow)] == [2, 2]
+    ratios = result[f"over_{wide}"]
+    assert ratios[wide] == 1.0
+    assert ratios[narrow] > 0
+
+
+def test_training_forward_follows_the_params_model(model_speed, tmp_path):
+    """The head's width and the input side come from the file."""
+    model, forward, size = model_speed.training_forward(params_file(tmp_path, "p.yaml", 8), 2)
+    assert size == 32
+    assert model.head.image[0].out_channels == 8
+    assert forward().shape == (2, 1, 32, 32)
