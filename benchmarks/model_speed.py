@@ -145,8 +145,7 @@ def training_forward(params_path: str, batch: int) -> tuple[Segmentor, Callable[
 
 def compare_models(params_paths: list[str], batch: int, rounds: int, warmup: int) -> dict:
     """Forward+backward of each params file's training model (:func:`training_forward`),
-    interleaved over ``rounds`` blocks on one thread; ratios of each to the first."""
-    torch.set_num_threads(1)
+    interleaved over ``rounds`` blocks on torch's threads; ratios of each to the first."""
     arms = {}
     for path in params_paths:
         model, forward, _ = training_forward(path, batch)
@@ -162,7 +161,8 @@ def compare_models(params_paths: list[str], batch: int, rounds: int, warmup: int
     first = params_paths[0]
     return {
         "benchmark": "model_compare",
-        "task": f"training forward+backward, batch {batch}, every pair with a prior, 1 thread",
+        "task": f"training forward+backward, batch {batch}, every pair with a prior, "
+        f"{torch.get_num_threads()} thread(s)",
         "rounds": rounds,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
@@ -173,7 +173,6 @@ def compare_models(params_paths: list[str], batch: int, rounds: int, warmup: int
 
 def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> dict:
     """Median ms per forward of each top-level part of ``params_path``'s segmentor."""
-    torch.set_num_threads(1)
     model, forward, size = training_forward(params_path, batch)
     parts = {
         "visual (incl. conditioning, context, axis counts, prior field)": model.visual,
@@ -219,7 +218,7 @@ def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> 
     return {
         "benchmark": "model_breakdown",
         "task": f"training forward of {params_path}'s model, batch {batch} at {size}x{size}, "
-        "every pair with a prior, 1 thread",
+        f"every pair with a prior, {torch.get_num_threads()} thread(s)",
         "steps": steps,
         "warmup_steps": warmup,
         "torch": torch.__version__,
@@ -259,6 +258,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=10, help="--compare: interleaved blocks")
     args = parser.parse_args()
+    if args.compare or args.breakdown:
+        torch.set_num_threads(1)  # the models' own cost, not how well they use threads
     if args.compare:
         result = compare_models(args.compare, args.batch, args.rounds, args.warmup)
         for path, ratio in result[f"over_{args.compare[0]}"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from benchmark_scripts import import_benchmark
 
@@ -22,9 +23,12 @@ def params_file(folder: Path, name: str, fine_dim: int) -> str:
 
 
 def test_compare_times_every_model_in_every_round(model_speed, tmp_path):
+    """... and leaves torch's thread count alone (later tests compare runs bitwise)."""
     wide = params_file(tmp_path, "wide.yaml", 16)
     narrow = params_file(tmp_path, "narrow.yaml", 8)
+    threads = torch.get_num_threads()
     result = model_speed.compare_models([wide, narrow], batch=2, rounds=2, warmup=1)
+    assert torch.get_num_threads() == threads
     assert [len(result["seconds"][p]["values_s"]) for p in (wide, narrow)] == [2, 2]
     ratios = result[f"over_{wide}"]
     assert ratios[wide] == 1.0
