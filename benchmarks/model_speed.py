@@ -206,15 +206,15 @@ def forward_breakdown(params_path: str, batch: int, steps: int, warmup: int) -> 
         before = dict(spent)
         start = time.perf_counter()
         logits = forward()
-        forward = time.perf_counter() - start
+        forward_s = time.perf_counter() - start
         logits.mean().backward()
-        total = time.perf_counter() - start
+        total_s = time.perf_counter() - start
         model.zero_grad(set_to_none=True)
         if step >= warmup:
             for name in spent:
                 per_step[name].append(spent[name] - before[name])
-            per_step["forward"].append(forward)
-            per_step["forward+backward"].append(total)
+            per_step["forward"].append(forward_s)
+            per_step["forward+backward"].append(total_s)
     return {
         "benchmark": "model_breakdown",
         "task": f"training forward of {params_path}'s model, batch {batch} at {size}x{size}, "

@@ -41,3 +41,12 @@ def test_training_forward_follows_the_params_model(model_speed, tmp_path):
     assert size == 32
     assert model.head.image[0].out_channels == 8
     assert forward().shape == (2, 1, 32, 32)
+
+
+def test_breakdown_times_every_part_at_every_step(model_speed, tmp_path):
+    result = model_speed.forward_breakdown(
+        params_file(tmp_path, "p.yaml", 8), batch=2, steps=2, warmup=1
+    )
+    median = result["median_ms"]
+    assert {"full-resolution head", "decoder", "forward", "forward+backward"} <= set(median)
+    assert 0 < median["full-resolution head"] < median["forward"] < median["forward+backward"]
