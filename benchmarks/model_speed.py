@@ -167,7 +167,8 @@ def compare_models(params_paths: list[str], batch: int, rounds: int, warmup: int
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "seconds": {path: summarize(v) for path, v in seconds.items()},
-        f"over_{first}": {path: paired_ratio(v, seconds[first]) for path, v in seconds.items()},
+        "first": first,
+        "over_first": {path: paired_ratio(v, seconds[first]) for path, v in seconds.items()},
     }
 
 
@@ -262,7 +263,7 @@ def main() -> None:
         torch.set_num_threads(1)  # the models' own cost, not how well they use threads
     if args.compare:
         result = compare_models(args.compare, args.batch, args.rounds, args.warmup)
-        for path, ratio in result[f"over_{args.compare[0]}"].items():
+        for path, ratio in result["over_first"].items():
             median = result["seconds"][path]["median_s"]
             print(f"{path:<40}{1e3 * median:>8.1f} ms  {ratio:.3f}x the first's time")
         write_result(RESULT.with_name("model_compare.json"), result)
