@@ -16,7 +16,8 @@ decoder and the full-resolution head, medians over ``--steps`` forwards; the who
 them. Writes ``benchmarks/results/model_breakdown.json``.
 
 ``--compare PARAMS [PARAMS ...]``: is one model cheaper to train than another? The same
-training forward and its backward for each file's model, on one thread, in interleaved blocks
+training forward (under the file's ``train.amp_cpu``) and its backward for each file's model,
+on one thread, in interleaved blocks
 over ``--rounds`` rounds; each model's time as a ratio to the first's (median of per-round
 ratios). Writes ``benchmarks/results/model_compare.json``.
 """
@@ -122,9 +123,11 @@ def run(batch: int, size: int, steps: int, warmup: int) -> dict:
 
 def training_forward(params_path: str, batch: int) -> tuple[Segmentor, Callable[[], Tensor], int]:
     """``params_path``'s segmentor in training mode, a call of its training forward on
-    ``batch`` pairs (every pair with a prior, cached word features, as a step feeds it) that
-    returns the logits, and the input side (its ``train.image_size``)."""
+    ``batch`` pairs (every pair with a prior, cached word features, under the file's CPU
+    autocast setting, as a step feeds it) that returns the logits, and the input side (its
+    ``train.image_size``)."""
     from l2l_train.config import load_trainer_params
+    from l2l_train.runtime import amp_enabled, autocast
 
     params = load_trainer_params(params_path)
     size = params.train.image_size
@@ -136,11 +139,14 @@ def training_forward(params_path: str, batch: int) -> tuple[Segmentor, Callable[
     with torch.no_grad():
         words, word_mask = model.text(input_ids, attention_mask)
     images, prior = torch.randn(batch, 3, size, size), torch.rand(batch, 1, size, size)
-    return (
-        model,
-        lambda: model(images, None, None, prior, words=words, word_mask=word_mask),
-        size,
-    )
+    cpu = torch.device("cpu")
+    amp = amp_enabled(params.train, cpu)
+
+    def forward() -> Tensor:
+        with autocast(cpu, amp):
+            return model(images, None, None, prior, words=words, word_mask=word_mask).float()
+
+    return model, forward, size
 
 
 def compare_models(params_paths: list[str], batch: int, rounds: int, warmup: int) -> dict:

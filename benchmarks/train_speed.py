@@ -62,6 +62,7 @@ from common import (
     write_result,
 )
 
+from l2l_train.augment import with_flips
 from l2l_train.config import TrainerParams, load_trainer_params
 from l2l_train.data import LabeledPairs, UnlabeledPairs, split_eval_only, train_loader
 from l2l_train.eda import strong_expressions
@@ -69,7 +70,7 @@ from l2l_train.model import build_segmentor, build_tokenizer, count_parameters
 from l2l_train.model.segmentor import paper_size_config
 from l2l_train.pairs import open_teacher_store, pair_source
 from l2l_train.runtime import start_runtime, to_device
-from l2l_train.step import Student, with_flips
+from l2l_train.step import Student
 from l2l_train.targets import plan_method
 from l2l_train.trainer import Trainer
 from pipeline.config import to_dict

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -57,6 +57,12 @@ def flip_expression(text: str) -> str:
         return _like_case(_OPPOSITE[stem.lower()], stem) + suffix
 
     return _DIRECTION.sub(swap, text)
+
+
+def with_flips(expressions: Sequence[str]) -> list[str]:
+    """Each expression and its left/right-flipped form (:func:`flip_expression`), the text of
+    a flipped weak view or of a mirrored evaluation pair."""
+    return [form for e in expressions for form in (e, flip_expression(e))]
 
 
 class View(NamedTuple):

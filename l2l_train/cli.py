@@ -283,6 +283,14 @@ def predict(
     ] = None,
     threshold: Annotated[float, typer.Option(help="On the foreground probability.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Average with the mirrored image and expression (left/right swapped). "
+            "Default: as the checkpoint's run evaluated (its eval.flip).",
+        ),
+    ] = None,
 ) -> None:
     """Segment the object an expression refers to in one image (no teacher prior)."""
     from l2l_train.predict import Predictor, mask_image
@@ -299,7 +307,7 @@ def predict(
         picture = load_rgb(image)
     except OSError as err:
         raise fail(err) from None
-    predictor = Predictor(checkpoint, resolve_device(device))
+    predictor = Predictor(checkpoint, resolve_device(device), flip)
     mask = predictor.probability(picture, text) >= threshold
     out.parent.mkdir(parents=True, exist_ok=True)
     mask_image(mask).save(out)

@@ -367,7 +367,9 @@ class TrainConfig:
     weak_sees_prior: bool = False
     # Runtime-only below: a resumed run may change them (its checkpoint still fits).
     device: Literal["auto", "cpu", "cuda"] = runtime_only("auto")  # auto: cuda:LOCAL_RANK if any
-    amp: bool = runtime_only(True)  # bf16 autocast on CUDA; CPU always runs fp32
+    amp: bool = runtime_only(True)  # bf16 autocast on CUDA
+    # bf16 autocast on a CPU with bf16 in hardware (AVX512-BF16, AMX); fp32 on other CPUs.
+    amp_cpu: bool = runtime_only(False)
     # DataLoader workers per stream (labelled, unlabelled)
     num_workers: int = bounded(1, 0, 64, runtime_only=True)
     # MiB of training pairs' input-frame images, masks and priors each loader process keeps,
@@ -393,6 +395,10 @@ class EvalConfig:
     every_epochs: int = bounded(1, 1)  # validate every N epochs (and always after the last)
     batch_size: int = bounded(32, 1, runtime_only=True)
     threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True)  # on sigmoid(logit)
+    # Test-time flip: each pair's logits averaged with those of its mirror image (prior
+    # mirrored, left/right swapped in the text, as the weak view flips), mirrored back; twice
+    # the forwards. Per-epoch validation, `l2l-train eval` and `predict` infer alike.
+    flip: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
-from l2l_train.augment import View, strong_image, weak_view
+from l2l_train.augment import View, flip_expression, strong_image, weak_view
 from l2l_train.config import AugmentConfig
 from l2l_train.pairs import PairSource
 
@@ -196,29 +196,36 @@ class EvalPairs(Dataset):
 
     Item: image (3, S, S) uint8, input_ids / attention_mask (T,), expression str (for a
     frozen text encoder's cached features), prior (1, S, S) float, prior_present bool, mask
-    (H, W) uint8 at the original resolution, index int.
+    (H, W) uint8 at the original resolution, index int; with ``flip``, also
+    input_ids_flipped / attention_mask_flipped (T,) of the expression with left and right
+    swapped (the text of the mirrored pair, ``eval.flip``).
     """
 
-    def __init__(self, source: PairSource) -> None:
+    def __init__(self, source: PairSource, flip: bool = False) -> None:
         _require_masks(source, "evaluation")
-        self.source = source
+        self.source, self.flip = source, flip
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        input_ids, attention_mask = self.source.tokens(self.source.expression[i])
+        expression = self.source.expression[i]
+        input_ids, attention_mask = self.source.tokens(expression)
         prior, present = self.source.prior(i)
-        return {
+        item = {
             "image": self.source.image(i),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "expression": self.source.expression[i],
+            "expression": expression,
             "prior": prior,
             "prior_present": present,
             "mask": self.source.mask_original(i),
             "index": i,
         }
+        if self.flip:
+            tokens = self.source.tokens(flip_expression(expression))
+            item["input_ids_flipped"], item["attention_mask_flipped"] = tokens
+        return item
 
 
 def collate_eval(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,16 +18,17 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from l2l_train.augment import flip_expression, with_flips
 from l2l_train.checkpoint import load_checkpoint
 from l2l_train.config import ModelConfig, TrainerParams
 from l2l_train.data import EvalPairs, eval_loader
 from l2l_train.metrics import IoUAccumulator
 from l2l_train.model import Segmentor, build_segmentor, build_tokenizer
 from l2l_train.pairs import normalize_images, open_teacher_store, pair_source
-from l2l_train.runtime import autocast, resolve_device
+from l2l_train.runtime import amp_enabled, autocast, resolve_device
 from l2l_train.text_cache import FrozenTextCache, frozen_text_cache
 from pipeline.datasets.manifest import expand_splits
 from pipeline.schema import build_section
@@ -43,6 +44,51 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
+def segment(
+    model: nn.Module,
+    images: Tensor,
+    text: dict[str, Tensor | None],
+    prior: Tensor | None = None,
+    prior_present: Tensor | None = None,
+    text_flipped: dict[str, Tensor | None] | None = None,
+) -> Tensor:
+    """Foreground logits of a batch of pairs; with ``text_flipped`` (the segmentor's text
+    inputs of the expressions with left and right swapped), the mean of those logits and the
+    mirrored pairs' logits mirrored back: the test-time flip of ``eval.flip``.
+
+    Shapes: images (B, 3, S, S) normalised, prior (B, 1, S, S), prior_present (B,).
+    Returns: (B, 1, S, S).
+    """
+    logits = model(images, prior=prior, prior_present=prior_present, **text)
+    if text_flipped is None:
+        return logits
+    mirrored = model(
+        images.flip(-1),
+        prior=None if prior is None else prior.flip(-1),
+        prior_present=prior_present,
+        **text_flipped,
+    )
+    return (logits + mirrored.flip(-1)) / 2
+
+
+def batch_text(
+    batch: dict[str, Any],
+    device: torch.device,
+    text_cache: FrozenTextCache | None,
+    flipped: bool = False,
+) -> dict[str, Tensor | None]:
+    """The segmentor's text inputs for an evaluation batch's expressions (``flipped``: with
+    left and right swapped): cached word features, or the batch's token ids."""
+    if text_cache is not None:
+        texts = batch["expression"]
+        return text_cache.inputs([flip_expression(t) for t in texts] if flipped else texts)
+    suffix = "_flipped" if flipped else ""
+    return {
+        "input_ids": batch["input_ids" + suffix].to(device),
+        "attention_mask": batch["attention_mask" + suffix].to(device),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -52,10 +98,13 @@ def evaluate(
     amp: bool,
     threshold: float,
     text_cache: FrozenTextCache | None = None,
+    flip: bool = False,
 ) -> dict[str, float]:
     """Score every pair of ``loader`` (a :func:`~l2l_train.data.eval_loader`); restores the
     model's train/eval mode afterwards. ``text_cache``: the frozen text encoder's features of
-    the pairs' expressions, read instead of encoding them in every forward (None: encode).
+    the pairs' expressions (with ``flip``, their flipped forms too), read instead of encoding
+    them in every forward (None: encode). ``flip``: the test-time flip of :func:`segment`
+    (without a cache the loader's :class:`~l2l_train.data.EvalPairs` needs ``flip``).
 
     Returns: oIoU, mIoU and prec@0.5 ... prec@0.9 over the pairs of every rank.
     """
@@ -63,20 +112,14 @@ def evaluate(
     model.eval()
     accumulator = IoUAccumulator(device=device)
     for batch in loader:
-        text = (
-            {
-                "input_ids": batch["input_ids"].to(device),
-                "attention_mask": batch["attention_mask"].to(device),
-            }
-            if text_cache is None
-            else text_cache.inputs(batch["expression"])
-        )
         with autocast(device, amp):
-            logits = model(
+            logits = segment(
+                model,
                 normalize_images(batch["image"].to(device)),
-                prior=batch["prior"].to(device),
-                prior_present=batch["prior_present"].to(device),
-                **text,
+                batch_text(batch, device, text_cache),
+                batch["prior"].to(device),
+                batch["prior_present"].to(device),
+                batch_text(batch, device, text_cache, flipped=True) if flip else None,
             )
         for logit, gt in zip(logits, batch["mask"], strict=True):
             prob = torch.sigmoid(upsample_logits(logit, tuple(gt.shape)))  # (1, h, w)
@@ -84,6 +127,12 @@ def evaluate(
     accumulator.all_reduce()
     model.train(was_training)
     return accumulator.compute()
+
+
+def eval_texts(expressions: Sequence[str], flip: bool) -> Sequence[str]:
+    """What an evaluation's text cache holds: the expressions, with ``flip`` also their
+    flipped forms (only then: a larger table batches, and so rounds, the others differently)."""
+    return with_flips(expressions) if flip else expressions
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[Segmentor, ModelConfig, int]:
@@ -117,9 +166,11 @@ def run_eval(
     results = {}
     for split in splits:
         source = pair_source(params, split, tokenizer, image_size, store, require_priors=True)
-        text_cache = frozen_text_cache(model.text, tokenizer, device, source.expression)
+        text_cache = frozen_text_cache(
+            model.text, tokenizer, device, eval_texts(source.expression, params.eval.flip)
+        )
         loader = eval_loader(
-            EvalPairs(source),
+            EvalPairs(source, params.eval.flip),
             params.eval.batch_size,
             rank=0,
             world=1,
@@ -129,9 +180,10 @@ def run_eval(
             model,
             loader,
             device=device,
-            amp=params.train.amp,
+            amp=amp_enabled(params.train, device),
             threshold=params.eval.threshold,
             text_cache=text_cache,
+            flip=params.eval.flip,
         )
         results[split] = {**metrics, "pairs": len(source), "prior_coverage": source.prior_coverage}
         log.info(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from l2l_train.augment import with_flips
 from l2l_train.checkpoint import (
     RunState,
     resumable_checkpoint,
@@ -51,7 +52,7 @@ from l2l_train.data import (
     train_loader,
 )
 from l2l_train.epoch_stats import EpochStats, log_epoch, open_epoch_log
-from l2l_train.evaluate import evaluate
+from l2l_train.evaluate import eval_texts, evaluate
 from l2l_train.model import build_segmentor, build_tokenizer
 from l2l_train.pairs import open_teacher_store, pair_source
 from l2l_train.runtime import (
@@ -61,7 +62,7 @@ from l2l_train.runtime import (
     stop_runtime,
     to_device,
 )
-from l2l_train.step import Student, with_flips
+from l2l_train.step import Student
 from l2l_train.targets import MethodPlan, plan_method
 from l2l_train.text_cache import frozen_text_cache
 from l2l_train.trainer import Trainer
@@ -171,7 +172,8 @@ class Run:
                 cfg.image_size,
                 val_store,
                 require_priors=True,
-            )
+            ),
+            params.eval.flip,
         )
 
         self.steps_per_epoch = steps_per_epoch(
@@ -193,7 +195,10 @@ class Run:
         # Validation reads its own table: added to the training one, it would change how
         # that one is batched, and with it the training features' rounding.
         self.val_text = frozen_text_cache(
-            model.text, self.tokenizer, rt.device, self.data_val.source.expression
+            model.text,
+            self.tokenizer,
+            rt.device,
+            eval_texts(self.data_val.source.expression, params.eval.flip),
         )
         self.trainer = Trainer(student, self.total_steps)
         self.progress = RunState()
@@ -307,6 +312,7 @@ class Run:
             amp=self.rt.amp,
             threshold=self.params.eval.threshold,
             text_cache=self.val_text,
+            flip=self.params.eval.flip,
         )
         return {f"val/{k}": v for k, v in metrics.items()}
 

@@ -30,9 +30,23 @@ def resolve_device(kind: Literal["auto", "cpu", "cuda"], local_rank: int = 0) ->
     return torch.device("cpu")
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX tiles): without
+    it, bf16 autocast on the CPU emulates the type and runs slower than fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether ``device`` runs the model under bf16 autocast: ``train.amp`` on a GPU,
+    ``train.amp_cpu`` on a CPU that computes bf16 in hardware (:func:`cpu_computes_bf16`)."""
+    if device.type == "cuda":
+        return cfg.amp
+    return cfg.amp_cpu and cpu_computes_bf16()
+
+
 def autocast(device: torch.device, amp: bool) -> torch.autocast:
-    """bf16 autocast where ``amp`` is on and the device is a GPU; a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    """bf16 autocast on ``device`` where ``amp`` is on (:func:`amp_enabled`); a no-op otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device=device, rank=rank, world=world, amp=cfg.amp and device.type == "cuda")
+    return Runtime(device=device, rank=rank, world=world, amp=amp_enabled(cfg, device))
 
 
 def thread_share(processes: int) -> int | None:

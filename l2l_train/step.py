@@ -39,7 +39,6 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from l2l_train.augment import flip_expression
 from l2l_train.config import TrainConfig
 from l2l_train.data import EVAL_ONLY_FIELDS, derive_seed
 from l2l_train.eda import Synonyms, load_synonyms, strong_expressions
@@ -60,12 +59,6 @@ from l2l_train.targets import (
     static_thresholds,
 )
 from l2l_train.text_cache import frozen_text_cache, sentence_embedder
-
-
-def with_flips(expressions: Sequence[str]) -> list[str]:
-    """Each expression and its left/right-flipped form (:func:`~l2l_train.augment.flip_expression`),
-    the text of a flipped weak view."""
-    return [form for e in expressions for form in (e, flip_expression(e))]
 
 
 class UnlabeledTargets(NamedTuple):
@@ -115,7 +108,7 @@ class Student:
         expressions: Sequence[str] = (),
     ) -> None:
         """``expressions``: the texts whose features a frozen text encoder computes once (the
-        training pairs' :func:`with_flips`); any other text is encoded when met."""
+        training pairs' :func:`~l2l_train.augment.with_flips`); any other text is encoded when met."""
         self.cfg, self.plan, self.rt = cfg, plan, rt
         self.model, self.ddp_model = model, model
         self.tokenizer = tokenizer

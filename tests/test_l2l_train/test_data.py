@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from trainer_workspace import IMAGE_SIZE
 
+from l2l_train.augment import flip_expression
 from l2l_train.config import AugmentConfig, load_trainer_params
 from l2l_train.data import (
     EvalPairs,
@@ -271,13 +272,26 @@ def test_eval_uses_every_sentence_at_original_resolution(params, sources):
     height, width = rows["height"][0].as_py(), rows["width"][0].as_py()
     assert batch["mask"][0].shape == (height, width)
     assert batch["prior_present"].dtype == torch.bool and batch["prior_present"].all()
+    assert "input_ids_flipped" not in batch
 
 
-def test_evaluation_reads_cached_text_features_as_the_encoder_computes_them(params, sources):
+def test_eval_pairs_for_the_test_time_flip_carry_the_swapped_expressions_tokens(sources):
+    val = sources["val"]
+    data = EvalPairs(val, flip=True)
+    left = next(i for i, e in enumerate(val.expression) if "left" in e.split())
+    item = data[left]
+    ids, mask = val.tokens(flip_expression(val.expression[left]))
+    assert torch.equal(item["input_ids_flipped"], ids)
+    assert torch.equal(item["attention_mask_flipped"], mask)
+    assert not torch.equal(item["input_ids_flipped"], item["input_ids"])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_evaluation_reads_cached_text_features_as_the_encoder_computes_them(params, sources, flip):
     """Validation with the frozen text encoder's cached features scores what encoding every
-    batch scored (the same metrics up to rounding)."""
+    batch scored (the same metrics up to rounding), with the test-time flip too."""
     from l2l_train.data import eval_loader
-    from l2l_train.evaluate import evaluate
+    from l2l_train.evaluate import eval_texts, evaluate
     from l2l_train.model import build_segmentor
     from l2l_train.text_cache import FrozenTextCache
 
@@ -285,9 +299,12 @@ def test_evaluation_reads_cached_text_features_as_the_encoder_computes_them(para
     model = build_segmentor(params.model)
     cpu = torch.device("cpu")
     cache = FrozenTextCache(
-        model.text, build_tokenizer(params.model.text), cpu, sources["val"].expression
+        model.text,
+        build_tokenizer(params.model.text),
+        cpu,
+        eval_texts(sources["val"].expression, flip),
     )
-    data = EvalPairs(sources["val"])
+    data = EvalPairs(sources["val"], flip)
     scored = [
         evaluate(
             model,
@@ -296,9 +313,11 @@ def test_evaluation_reads_cached_text_features_as_the_encoder_computes_them(para
             amp=False,
             threshold=0.5,
             text_cache=text_cache,
+            flip=flip,
         )
         for text_cache in (None, cache)
     ]
+    assert len(cache) == len(set(eval_texts(sources["val"].expression, flip)))
     batch = collate_eval([data[i] for i in range(4)])
     images = normalize_images(batch["image"])
     with torch.no_grad():

@@ -1,12 +1,14 @@
 """Evaluation on every split a refer release defines: eval.splits checked against the dataset
 at load, ``all`` resolved from the manifest, and prepare -> split -> train -> eval on
-refer-format fixtures with RefCOCO's (val, testA, testB) and RefCOCOg umd's (val, test)."""
+refer-format fixtures with RefCOCO's (val, testA, testB) and RefCOCOg umd's (val, test); the
+test-time flip's arithmetic."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 import yaml
 from refer_fixture import make_split_fixture
 from trainer_workspace import IMAGE_SIZE, tiny_model
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 
 from l2l_train.cli import app
 from l2l_train.config import load_trainer_params
+from l2l_train.evaluate import segment
 from l2l_train.loop import run_training
 from pipeline.config import load_pipeline_config
 from pipeline.datasets.manifest import expand_splits, read_manifest
@@ -139,3 +142,28 @@ def test_prepare_keeps_every_split_and_eval_scores_each(tmp_path, dataset, split
     other = "test" if "testA" in splits else "testA"
     result = CliRunner().invoke(app, ["eval", "--params", str(path), "--split", other])
     assert result.exit_code == 1 and f"no pairs in split {other!r}" in result.output
+
+
+class ProbeSegmentor(torch.nn.Module):
+    """Logits = the image's first channel + 10 x the first token id (+ 100 x the prior)."""
+
+    def forward(self, images, prior=None, prior_present=None, input_ids=None, attention_mask=None):
+        logits = images[:, :1] + 10 * input_ids[:, :1, None, None].float()
+        return logits if prior is None else logits + 100 * prior
+
+
+def test_test_time_flip_averages_the_mirrored_pairs_logits_mirrored_back():
+    images = torch.tensor([1.0, 2.0, 3.0]).expand(1, 3, 1, 3)
+    text = {"input_ids": torch.tensor([[1]]), "attention_mask": torch.tensor([[1]])}
+    flipped = {"input_ids": torch.tensor([[2]]), "attention_mask": torch.tensor([[1]])}
+    model = ProbeSegmentor()
+    plain = segment(model, images, text)
+    assert plain.tolist() == [[[[11.0, 12.0, 13.0]]]]
+    # Mirror: [3, 2, 1] + 20 = [23, 22, 21], mirrored back [21, 22, 23]; mean with [11, 12, 13].
+    assert segment(model, images, text, text_flipped=flipped).tolist() == [[[[16.0, 17.0, 18.0]]]]
+    # The prior is mirrored with the image: plain [11, 12, 113]; mirrored input [123, 22, 21],
+    # back [21, 22, 123].
+    prior = torch.tensor([0.0, 0.0, 1.0]).view(1, 1, 1, 3)
+    present = torch.tensor([True])
+    both = segment(model, images, text, prior, present, text_flipped=flipped)
+    assert both.tolist() == [[[[16.0, 17.0, 118.0]]]]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from l2l_train.augment import with_flips
 from l2l_train.config import TextConfig
 from l2l_train.model import build_text_encoder, build_tokenizer
-from l2l_train.step import with_flips
 from l2l_train.text_cache import FrozenTextCache, frozen_text_cache, sentence_embedder
 
 TEXTS = ["the red circle", "the second shape from the left", "the red circle"]

@@ -182,6 +182,21 @@ def test_predict_writes_mask_and_overlay(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_flips_as_the_checkpoints_run_evaluated_unless_told(trained):
+    from l2l_train.predict import Predictor
+
+    checkpoint = models(trained) / "best.pt"
+    samples = Path(params_dict(trained)["paths"]["manifests"]) / "samples.parquet"
+    row = read_manifest(samples).slice(0, 1).to_pylist()[0]
+    picture = Image.open(image_root(samples) / row["image_path"])
+    assert Predictor(checkpoint).flip is False  # the workspace's eval.flip
+    plain = Predictor(checkpoint, flip=False).probability(picture, "the shape on the left")
+    flipped = Predictor(checkpoint, flip=True).probability(picture, "the shape on the left")
+    assert flipped.shape == plain.shape == (picture.height, picture.width)
+    assert not np.allclose(flipped, plain)
+
+
+@pytest.mark.slow
 def test_mismatched_params_fail_naming_keys_until_restart(trained, tmp_path):
     changed = write_params(tmp_path, params_dict(trained), train={"lr": 5e-4})
     text = invoke("run", "--params", changed, code=2)

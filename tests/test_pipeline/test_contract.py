@@ -35,6 +35,7 @@ def test_runtime_only_keys_are_marked_once_for_both_halves():
         "train.checkpoint_every_steps",
         "train.device",
         "train.amp",
+        "train.amp_cpu",
         "pretrain.workers",
     }
     # What the teacher identity leaves out.
