@@ -218,11 +218,22 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Metrics JSON to write (default: paths.metrics/eval.json).")
     ] = None,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Average with the mirrored pairs (left/right swapped) (default: eval.flip).",
+        ),
+    ] = None,
 ) -> None:
     """oIoU, mIoU and prec@0.5-0.9 over every sentence of each split; writes a metrics JSON."""
+    import dataclasses
+
     from l2l_train.evaluate import run_eval
 
     cfg = _load(params)
+    if flip is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, flip=flip))
     checkpoint = checkpoint or Path(cfg.paths.models) / "best.pt"
     prior = prior or cfg.eval.prior
     if prior not in ("none", "teacher"):
@@ -236,7 +247,8 @@ def evaluate(
     out = out or Path(cfg.paths.metrics) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    table = Table(title=f"{checkpoint} (step {result['step']}, prior {prior}) -> {out}")
+    flipped = ", test-time flip" if cfg.eval.flip else ""
+    table = Table(title=f"{checkpoint} (step {result['step']}, prior {prior}{flipped}) -> {out}")
     metrics = ["oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9", "pairs"]
     for column in ["split", *metrics]:
         table.add_column(column, justify="left" if column == "split" else "right")

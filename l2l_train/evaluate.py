@@ -153,7 +153,8 @@ def run_eval(
     """Evaluate a checkpoint on ``splits`` (every sentence; ``all``: every evaluation split
     of the dataset, :func:`~pipeline.datasets.manifest.expand_splits`), in one process.
 
-    Returns: ``{"checkpoint", "step", "prior", "threshold", "splits": {split: metrics}}``
+    Returns: ``{"checkpoint", "step", "prior", "threshold", "flip", "splits": {split:
+    metrics}}``
     with each split's oIoU, mIoU, prec@t, ``pairs`` and ``prior_coverage``.
     """
     splits = expand_splits(splits, params.paths.samples, params.data.eval_splits or ())
@@ -198,5 +199,6 @@ def run_eval(
         "step": int(ckpt["step"]),
         "prior": prior,
         "threshold": params.eval.threshold,
+        "flip": params.eval.flip,
         "splits": results,
     }

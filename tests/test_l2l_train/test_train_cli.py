@@ -112,6 +112,15 @@ def test_eval_writes_metrics_per_split_and_prior_mode(trained):
     teacher = json.loads(out.read_text())
     assert teacher["prior"] == "teacher" and teacher["splits"]["val"]["prior_coverage"] == 1.0
 
+    # The workspace evaluates without the test-time flip; --flip scores the same pairs with it
+    # and says so in the JSON.
+    assert result["flip"] is False
+    flipped = metrics_dir / "flipped.json"
+    assert "test-time flip" in invoke("eval", "--params", trained, "--flip", "--out", flipped)
+    flipped_result = json.loads(flipped.read_text())
+    assert flipped_result["flip"] is True
+    assert flipped_result["splits"]["val"]["pairs"] == val["pairs"]
+
     # No priors were generated for the test split: the error names the command that makes them.
     text = invoke("eval", "--params", trained, "--split", "test", "--prior", "teacher", code=1)
     assert "l2l-priors generate --split test" in text
