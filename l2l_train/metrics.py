@@ -79,7 +79,9 @@ class SumAccumulator:
             dist.all_reduce(self.sums, op=dist.ReduceOp.SUM)
 
     def _add(self, *values: Tensor) -> None:
-        self.sums += torch.stack([v.double().sum() for v in values]).to(self.sums.device)
+        # Each sum to the accumulator's device before stacking: stack refuses a mix, and a
+        # batch on the GPU can come with a count made on the CPU.
+        self.sums += torch.stack([v.double().sum().to(self.sums.device) for v in values])
 
     def _total(self, name: str) -> float:
         return self.sums[self.names.index(name)].item()

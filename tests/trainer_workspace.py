@@ -166,6 +166,7 @@ def ddp_train_worker(rank: int, params_path: str, port: int, out_dir: str) -> No
 def kill_after_first_checkpoint(params: Path, timeout: float = 60) -> int:
     """Start ``l2l-train run --params params`` and SIGKILL it as soon as ``latest.pt``
     exists; returns the step that checkpoint holds."""
+    import contextlib
     import os
     import signal
     import subprocess
@@ -188,7 +189,11 @@ def kill_after_first_checkpoint(params: Path, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # a run that crashed has no group left
+        os.killpg(proc.pid, signal.SIGKILL)
     _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL, (
+        f"l2l-train run exited {proc.returncode} before its first checkpoint:\n"
+        + stderr.decode()[-2000:]
+    )
     return load_checkpoint(latest)["step"]

@@ -104,6 +104,16 @@ def test_pseudo_label_accuracy_and_coverage():
     assert acc.compute() == pytest.approx({"accuracy": 2 / 3, "coverage": 0.75})
 
 
+@pytest.mark.parametrize("accumulator", [IoUAccumulator, PseudoLabelAccumulator])
+def test_accumulators_take_batches_on_another_device(accumulator):
+    """Training on a GPU hands over batches on CUDA while the accumulator makes its own
+    counts on the CPU; the meta device stands in for CUDA here (stack refuses mixing both)."""
+    acc = accumulator(device="meta")
+    labels = torch.zeros(2, 4, 4, dtype=torch.uint8, device="meta")
+    acc.update(labels, labels)
+    assert acc.sums.device.type == "meta" and acc.sums.shape == (len(acc.names),)
+
+
 def test_mask_shape_errors():
     with pytest.raises(ValueError, match="gt: expected the shape of pred"):
         intersection_union(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3))
