@@ -34,7 +34,6 @@ def run_costs(folder: Path) -> dict[str, float]:
     calibration run (one epoch)."""
     result = json.loads((folder / "result.json").read_text())
     log = (folder / "log.txt").read_text()
-    steps_per_s = float(re.findall(r"([\d.]+) steps/s", log)[-1])
     # (step, the epoch's mean samples/s up to it) of every step line
     lines = [
         (int(k), float(v)) for k, v in re.findall(r"step (\d+)/\d+ .* ([\d.]+) samples/s", log)
@@ -47,6 +46,7 @@ def run_costs(folder: Path) -> dict[str, float]:
             f"{folder}: no step line before the epoch line in log.txt; the calibration needs "
             "one epoch of at least 50 steps (the loop logs every 50)"
         )
+    steps_per_s = float(re.findall(r"([\d.]+) steps/s", log)[-1])  # the epoch line's
     steps = result["budget"]["steps_per_epoch"]
     if result["budget"]["epochs"] != 1:
         raise SystemExit(f"{folder}: a calibration run has one epoch")

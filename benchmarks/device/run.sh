@@ -22,7 +22,7 @@ PY=${DEVICE_PYTHON:-python3}
 ABL_BX=${ABL_BX:-16} ABL_BU=${ABL_BU:-32} ABL_EPOCHS=${ABL_EPOCHS:-6} ABL_SEEDS=${ABL_SEEDS:-3}
 ABL_MAX_STEPS_PER_EPOCH=${ABL_MAX_STEPS_PER_EPOCH:-600} CALIB_STEPS=${CALIB_STEPS:-100}
 ABL_ROWS=${ABL_ROWS:-fixed_fusion,full,fully_supervised} ABL_JOBS=${ABL_JOBS:-9}
-RESERVE_S=${RESERVE_S:-130}
+RESERVE_S=${RESERVE_S:-130} PRIORS_SPEED_S=${PRIORS_SPEED_S:-90}
 START=$SECONDS
 exec > >(tee -a "$OUT/log.txt") 2>&1
 say() { echo "[$((SECONDS - START)) s] $*"; }
@@ -88,13 +88,13 @@ if [ "${STEPS:-0}" -gt 0 ]; then
 fi
 
 say "3. train speed --full"
-if [ $(($(left) - ${PRIORS_SPEED_S:-90})) -gt 20 ]; then
-  timeout $(($(left) - ${PRIORS_SPEED_S:-90})) $PY benchmarks/train_speed.py --full --steps 3 \
+if [ $(($(left) - $PRIORS_SPEED_S)) -gt 20 ]; then
+  timeout $(($(left) - $PRIORS_SPEED_S)) $PY benchmarks/train_speed.py --full --steps 3 \
     --rounds 3 --warmup 2 --out "$OUT/train_speed_full.json" 2>&1 | tail -12
 fi
 
 say "4. priors speed --full with the $(left) s left"
-if [ "${PRIORS_SPEED_S:-90}" -gt 0 ] && [ "$(left)" -gt 40 ]; then
+if [ "$PRIORS_SPEED_S" -gt 0 ] && [ "$(left)" -gt 40 ]; then
   timeout $(($(left) - 20)) $PY benchmarks/priors_speed.py --full 2>&1 | tail -15
   cp benchmarks/results/priors_speed_full.json "$OUT/" 2>/dev/null
 fi
