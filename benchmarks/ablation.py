@@ -46,6 +46,10 @@ Those eight rows are the group ``table3`` and the default of ``--rows``. The oth
 - ``table7`` (full L2L, RPLE reward without one term): ``no_sep``, ``no_cons``, ``no_cov``,
   ``no_stab`` (``train.agent.lambda_*`` = 0).
 
+One row outside the paper's tables: ``sesm_rple``, full L2L with ``train.spm: false``, so
+``q_hat = p_w``, the weak pass that sees the prior (``benchmarks/fusion_sources.py`` found
+that pass's map ahead of SPM's fusion of it with the prior).
+
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
 ``full``) at each percentage of train images labelled, with the same training budget. The
@@ -194,6 +198,8 @@ ROWS = (
     cross_attention("xattn_12", [1, 2]),
     # Table 7: the RPLE reward without one term
     *(no_reward_term(term) for term in ("sep", "cons", "cov", "stab")),
+    # Not in the paper: full L2L whose target is the weak pass itself (it sees the prior)
+    full_l2l("sesm_rple", "+SESM+RPLE, q_hat = p_w", {"spm": False}),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],

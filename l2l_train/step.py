@@ -146,19 +146,32 @@ class Student:
         self.fusion = dataclasses.replace(self.fusion, alpha=alpha)
 
     @torch.no_grad()
-    def weak_targets(self, batch_u: dict[str, Any], explore: bool = True) -> WeakPass:
-        """The weak pass, ``q_hat`` and the pseudo-labels of this rank's unlabelled batch
-        (``explore``: as in training, the agent adds its exploration noise and CATM's
-        statistics take the batch in; off, both only read their state)."""
-        q, present = batch_u["prior_u"], batch_u["prior_present_u"]
+    def weak_probability(self, batch_u: dict[str, Any]) -> Tensor:
+        """``p_w``, the weak pass's foreground probability on this rank's unlabelled batch.
+
+        Shapes: batch_u's ``img_u_w`` (B, 3, S, S) uint8, ``prior_u`` (B, 1, S, S) ->
+        (B, 1, S, S) float32.
+        """
         with autocast(self.rt.device, self.rt.amp):
             text = self.text_inputs(batch_u["expr_u_w"])
             # Conditioned on q (train.weak_sees_prior), p_w is the model's correction of the
             # prior, and SPM fuses the prior with that; without it, p_w is the model's own
             # opinion, as it is evaluated.
-            prior = {"prior": q, "prior_present": present} if self.cfg.weak_sees_prior else {}
+            prior = (
+                {"prior": batch_u["prior_u"], "prior_present": batch_u["prior_present_u"]}
+                if self.cfg.weak_sees_prior
+                else {}
+            )
             logits_u_w = self.model(normalize_images(batch_u["img_u_w"]), **prior, **text)
-        p_w = torch.sigmoid(logits_u_w.float())
+        return torch.sigmoid(logits_u_w.float())
+
+    @torch.no_grad()
+    def weak_targets(self, batch_u: dict[str, Any], explore: bool = True) -> WeakPass:
+        """The weak pass, ``q_hat`` and the pseudo-labels of this rank's unlabelled batch
+        (``explore``: as in training, the agent adds its exploration noise and CATM's
+        statistics take the batch in; off, both only read their state)."""
+        q, present = batch_u["prior_u"], batch_u["prior_present_u"]
+        p_w = self.weak_probability(batch_u)
         agree = torch.where(present, agreement(p_w, q, self.cfg.fusion.eps), 0.0)
         q_hat = TARGET_STRATEGIES[self.plan.fusion](p_w, q, present, self.fusion)
         band = band_in_input_frame(

@@ -23,7 +23,8 @@ def ablation():
 
 
 ROW_NAMES = ["supervised", "fixmatch", "spm", "spm_sesm", "full", "tuned_fusion", "catm"]
-ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none", "no_cons"]
+ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
+ROW_NAMES += ["no_cons", "sesm_rple"]
 
 
 def row_params(ablation, tmp_path, name):

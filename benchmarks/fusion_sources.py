@@ -1,0 +1,283 @@
+"""Where a fused prior's pixels come from: the student, the teacher, or neither.
+
+    .venv/bin/python benchmarks/fusion_sources.py RUN [RUN ...] [--pairs 512] [--threads 1]
+
+RUN is a training run's folder as ``ablation.py`` leaves it (``params.yaml`` and
+``models/latest.pt``), e.g. ``benchmarks/work/ablation_2x/spm/seed22``.
+
+Why: at twice the default's budget +SPM ends 6.5 val oIoU below fixed fusion, the step of
+Table 3 that fails, and no fusion's last-epoch prior reaches the issue's raw + 10 (full L2L
++3.3, fixed fusion -4.4; ``benchmarks/README.md``). A fusion can only beat the raw prior
+where the student's weak prediction ``p_w`` and the teacher's ``q`` disagree and it sides
+with the one that is right. So, on the run's own unlabelled pairs, with the ground truth the
+loop never sees, this splits the pixels where the two disagree at 0.5 by who is right and
+by whom each fusion follows: the run's own (``q_hat``), SPM's and fixed fusion's applied to
+the same ``p_w`` and ``q`` (the input swapped, the maps held), and an *oracle* that takes
+the right one wherever they disagree: the most any per-pixel choice between these two
+sources can reach. It also scores each fusion's pseudo-labels at the static 0.70 / 0.30 with
+the run's ignore band.
+
+The pairs are the first ``--pairs`` visits of the run's unlabelled stream that have a
+teacher prior and a ground truth (the run's seed sets the order, so runs of one seed see the
+same pairs); ``p_w`` is the run's weak pass (with the prior as input where the run's
+``train.weak_sees_prior`` and SESM give it one). Writes ``benchmarks/results/fusion_sources.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import RESULTS, describe_machine, write_result
+from torch import Tensor
+
+STATIC_THRESHOLDS = (0.7, 0.3)  # (tau_fg, tau_bg): the ablation's rows without RPLE
+FUSIONS = ("raw", "student", "own", "spm", "linear", "oracle")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders (params.yaml, models/)")
+    parser.add_argument("--checkpoint", default="latest.pt", help="file under each run's models/")
+    parser.add_argument("--pairs", type=int, default=512, help="unlabelled pairs per run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "fusion_sources.json")
+    return parser.parse_args(argv)
+
+
+def fused_maps(p_w: Tensor, q: Tensor, gt: Tensor, own: Tensor, fusion: Any) -> dict[str, Tensor]:
+    """Every source's foreground probability on a batch whose pairs all have a prior: the
+    two sources, the run's own ``q_hat`` (``own``), SPM's fusion with the coefficients
+    ``fusion`` (a :class:`~l2l_train.config.FusionConfig`), fixed fusion's 0.5 / 0.5, and
+    the oracle (``p_w`` where the two agree at 0.5, the ground truth where they do not).
+
+    Shapes: p_w, q, own (B, 1, S, S); gt (B, S, S) bool -> name -> (B, 1, S, S)."""
+    from l2l_train.spm import fuse, linear_fusion
+
+    present = torch.ones(q.shape[0], dtype=torch.bool)
+    disagree = (p_w >= 0.5) != (q >= 0.5)
+    return {
+        "raw": q,
+        "student": p_w,
+        "own": own,
+        "spm": fuse(p_w, q, present, fusion).q_hat,
+        "linear": linear_fusion(p_w, q, present, 0.5),
+        "oracle": torch.where(disagree, gt.unsqueeze(1).float(), p_w),
+    }
+
+
+def logit_margin(p: Tensor, eps: float) -> Tensor:
+    """``|logit p|`` with ``p`` clamped to [eps, 1 - eps]: how sure a source is.
+
+    Shapes: p (B, 1, S, S) -> (B, S, S)."""
+    return torch.logit(p[:, 0].clamp(eps, 1 - eps)).abs()
+
+
+@dataclasses.dataclass
+class SourceCounts:
+    """Pixel sums over every scored pair; ``sums`` is keyed ``(map, quantity)``, with map
+    ``"sources"`` for what does not depend on a fusion."""
+
+    pairs: int = 0
+    sums: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+
+    def _add(self, map_name: str, quantity: str, value: Tensor) -> None:
+        key = (map_name, quantity)
+        self.sums[key] = self.sums.get(key, 0.0) + value.double().sum().item()
+
+    def add_batch(self, maps: dict[str, Tensor], gt: Tensor, band: Tensor, fusion: Any) -> None:
+        """Add a batch: ``maps`` as :func:`fused_maps` gives them, ground truth ``gt``,
+        ignore-band widths ``band`` and SPM's coefficients ``fusion``.
+
+        Shapes: maps (B, 1, S, S) each; gt (B, S, S) bool; band (B,) int."""
+        from l2l_train.losses import IGNORE_INDEX
+        from l2l_train.spm import agreement, prior_weight
+        from l2l_train.targets import pseudo_labels, static_thresholds
+
+        p_w, q = maps["student"], maps["raw"]
+        student_side = p_w[:, 0] >= 0.5
+        disagree = student_side != (q[:, 0] >= 0.5)
+        self.pairs += gt.shape[0]
+        self._add("sources", "pixels", torch.tensor(float(gt.numel())))
+        self._add("sources", "disagree", disagree)
+        w = prior_weight(p_w, q, agreement(p_w, q, fusion.eps), fusion)[:, 0]
+        self._add("sources", "spm_weight", w[disagree])
+        self._add("sources", "student_margin", logit_margin(p_w, fusion.eps)[disagree])
+        self._add("sources", "teacher_margin", logit_margin(q, fusion.eps)[disagree])
+        thresholds = static_thresholds(gt.shape[0], *STATIC_THRESHOLDS)
+        for name, probability in maps.items():
+            hard = probability[:, 0] >= 0.5
+            labels = pseudo_labels(probability, thresholds, band)
+            selected = labels != IGNORE_INDEX
+            correct = selected & (labels == gt.to(labels.dtype))
+            self._add(name, "follows_student", disagree & (hard == student_side))
+            self._add(name, "right", disagree & (hard == gt))
+            self._add(name, "inter", hard & gt)
+            self._add(name, "union", hard | gt)
+            self._add(name, "selected", selected)
+            self._add(name, "correct", correct)
+
+    def summary(self) -> dict[str, Any]:
+        """Shares in percent (of all pixels, of the pixels where the sources disagree, of
+        the selected labels); SPM's weight and the margins as means over the disagreeing
+        pixels."""
+        sources = {k[1]: v for k, v in self.sums.items() if k[0] == "sources"}
+        pixels, disagree = sources["pixels"], sources["disagree"]
+
+        def fusion(name: str) -> dict[str, float]:
+            get = lambda quantity: self.sums[(name, quantity)]  # noqa: E731
+            return {
+                "oIoU": 100 * get("inter") / get("union"),
+                "follows_student_on_disagreement": 100 * get("follows_student") / disagree,
+                "right_on_disagreement": 100 * get("right") / disagree,
+                "label_coverage": 100 * get("selected") / pixels,
+                "label_accuracy": 100 * get("correct") / get("selected"),
+            }
+
+        fusions = {name: fusion(name) for name in FUSIONS}
+        return {
+            "pairs": self.pairs,
+            "disagreement_share": 100 * disagree / pixels,
+            "student_right_on_disagreement": fusions["student"]["right_on_disagreement"],
+            "spm_prior_weight_on_disagreement": sources["spm_weight"] / disagree,
+            "student_logit_margin_on_disagreement": sources["student_margin"] / disagree,
+            "teacher_logit_margin_on_disagreement": sources["teacher_margin"] / disagree,
+            "fusions": fusions,
+        }
+
+
+@torch.no_grad()
+def count_sources(student: Any, data_u: Any, pairs: int, batch_size: int) -> SourceCounts:
+    """:class:`SourceCounts` over the first ``pairs`` unlabelled visits with prior and truth."""
+    from l2l_train.data import split_eval_only, train_loader
+    from l2l_train.targets import TARGET_STRATEGIES, band_in_input_frame
+
+    counts = SourceCounts()
+    loader = train_loader(data_u, batch_size, start=0, rank=0, world=1, num_workers=0)
+    for batch in loader:
+        train_u, eval_u = split_eval_only(batch)
+        keep = eval_u["has_mask_u_eval"] & train_u["prior_present_u"]
+        keep &= keep.cumsum(0) <= pairs - counts.pairs
+        if not keep.any():
+            continue
+        p_w = student.weak_probability(train_u)[keep]
+        q, gt = train_u["prior_u"][keep].float(), eval_u["mask_u_eval"][keep].bool()
+        present = torch.ones(q.shape[0], dtype=torch.bool)
+        own = TARGET_STRATEGIES[student.plan.fusion](p_w, q, present, student.fusion)
+        band = band_in_input_frame(
+            student.cfg.agent.ignore_band, train_u["original_hw_u"][keep], q.shape[-1]
+        )
+        maps = fused_maps(p_w, q, gt, own, student.cfg.fusion)
+        counts.add_batch(maps, gt, band, student.cfg.fusion)
+        if counts.pairs >= pairs:
+            break
+    if counts.pairs == 0:
+        raise SystemExit("no unlabelled pair with a teacher prior and a ground truth")
+    return counts
+
+
+def score_run(run: Path, checkpoint_name: str, pairs: int, batch_size: int) -> dict[str, Any]:
+    from l2l_train.checkpoint import load_checkpoint
+    from l2l_train.config import load_trainer_params
+    from l2l_train.figures import student_from_checkpoint, unlabeled_pairs
+
+    params = load_trainer_params(run / "params.yaml")
+    checkpoint = Path(params.paths.models) / checkpoint_name
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    student, image_size = student_from_checkpoint(ckpt, torch.device("cpu"))
+    if not student.plan.teacher:
+        raise SystemExit(f"{checkpoint}: method {student.cfg.method} reads no teacher prior")
+    counts = count_sources(student, unlabeled_pairs(params, student, image_size), pairs, batch_size)
+    train = student.cfg
+    return {
+        "run": str(run),
+        "checkpoint": str(checkpoint),
+        "step": ckpt["step"],
+        "method": train.method,
+        "spm": train.spm,
+        "rple": train.rple,
+        "sesm": ckpt["config"]["model"]["sesm"]["enabled"],
+        "seed": train.seed,
+        **counts.summary(),
+    }
+
+
+def row_name(run: dict[str, Any]) -> str:
+    if run["method"] != "l2l":
+        return run["method"]
+    parts = ["spm" if run["spm"] else "no_spm"]
+    parts += ["sesm"] if run["sesm"] else []
+    parts += ["rple"] if run["rple"] else []
+    return "+".join(parts)
+
+
+def markdown_table(runs: list[dict[str, Any]], columns: list[tuple[str, Any]]) -> str:
+    """One line per row (mean ± std over its runs' seeds) of ``columns`` (header, getter)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        rows.setdefault(row_name(run), []).append(run)
+    lines = [
+        "| row | seeds | " + " | ".join(c for c, _ in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for name, group in rows.items():
+        cells = []
+        for _, value in columns:
+            values = [float(value(r)) for r in group]
+            spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.1f}{spread}")
+        seeds = " / ".join(str(r["seed"]) for r in group)
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
+    """Two tables: the sources and each fusion's oIoU; then whom each fusion follows where
+    the sources disagree, and its pseudo-labels at the static thresholds."""
+    sources = [
+        ("disagree %", lambda r: r["disagreement_share"]),
+        ("p_w right %", lambda r: r["student_right_on_disagreement"]),
+        ("SPM w %", lambda r: 100 * r["spm_prior_weight_on_disagreement"]),
+        ("|logit p_w|", lambda r: r["student_logit_margin_on_disagreement"]),
+        ("|logit q|", lambda r: r["teacher_logit_margin_on_disagreement"]),
+    ]
+    sources += [(f"{n} oIoU", lambda r, n=n: r["fusions"][n]["oIoU"]) for n in FUSIONS]
+    labels = []
+    for name in ("own", "spm", "linear"):
+        labels += [
+            (
+                f"{name}: p_w's side %",
+                lambda r, n=name: r["fusions"][n]["follows_student_on_disagreement"],
+            ),
+            (f"{name}: right %", lambda r, n=name: r["fusions"][n]["right_on_disagreement"]),
+            (f"{name}: label acc %", lambda r, n=name: r["fusions"][n]["label_accuracy"]),
+            (f"{name}: label cov %", lambda r, n=name: r["fusions"][n]["label_coverage"]),
+        ]
+    return markdown_table(runs, sources) + "\n\n" + markdown_table(runs, labels)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs = [score_run(run, args.checkpoint, args.pairs, args.batch_size) for run in args.runs]
+    table = markdown(runs)
+    write_result(
+        args.out,
+        {
+            "benchmark": "fusion_sources",
+            "machine": describe_machine(torch.device("cpu")),
+            "static_thresholds": STATIC_THRESHOLDS,
+            "runs": runs,
+            "table": table,
+        },
+    )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""benchmarks/fusion_sources.py: whom each fusion follows where the sources disagree, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from benchmark_scripts import BENCHMARKS, import_benchmark
+
+from l2l_train.config import load_trainer_params
+
+
+@pytest.fixture(scope="module")
+def fusion_sources():
+    return import_benchmark("fusion_sources")
+
+
+def pair(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values).view(1, 1, 1, 4)
+
+
+def test_one_pair_where_the_student_and_the_teacher_are_each_right_once(fusion_sources):
+    """One 1x4 pair: p_w 0.9, 0.8, 0.25, 0.1; q 0.95, 0.25, 0.7, 0.1; truth 1, 1, 1, 0. They
+    disagree on pixels 1 (p_w right) and 2 (q right). SPM coefficients of params.yaml
+    (bA 0.4, bq 0.25, bu 0.2), no ignore band, labels at 0.7 / 0.3."""
+    fusion = load_trainer_params(BENCHMARKS.parent / "params.yaml").train.fusion
+    p_w, q = pair([0.9, 0.8, 0.25, 0.1]), pair([0.95, 0.25, 0.7, 0.1])
+    gt = torch.tensor([1, 1, 1, 0], dtype=torch.bool).view(1, 1, 4)
+    maps = fusion_sources.fused_maps(p_w, q, gt, own=q, fusion=fusion)
+    counts = fusion_sources.SourceCounts()
+    counts.add_batch(maps, gt, torch.tensor([0]), fusion)
+    result = counts.summary()
+
+    # Soft IoU A = 1.24 / (2.05 + 2.0 - 1.24 + eps), eps 1e-4;
+    # w = 0.4 A + 0.25 |2q - 1| + 0.2 (1 - |2 p_w - 1|).
+    agree = 1.24 / (2.05 + 2.0 - 1.24 + 1e-4)
+    w1 = 0.4 * agree + 0.25 * 0.5 + 0.2 * 0.4
+    w2 = 0.4 * agree + 0.25 * 0.4 + 0.2 * 0.5
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    # SPM's logit fusion keeps p_w's side on both: foreground on pixel 1, background on 2.
+    assert (1 - w1) * logit(0.8) + w1 * logit(0.25) > 0
+    assert (1 - w2) * logit(0.25) + w2 * logit(0.7) < 0
+    assert result["pairs"] == 1
+    assert result["disagreement_share"] == pytest.approx(50.0)
+    assert result["student_right_on_disagreement"] == pytest.approx(50.0)
+    assert result["spm_prior_weight_on_disagreement"] == pytest.approx((w1 + w2) / 2)
+    student_margin = (logit(0.8) - logit(0.25)) / 2
+    teacher_margin = (logit(0.7) - logit(0.25)) / 2
+    assert result["student_logit_margin_on_disagreement"] == pytest.approx(student_margin)
+    assert result["teacher_logit_margin_on_disagreement"] == pytest.approx(teacher_margin)
+
+    fusions = result["fusions"]
+    # SPM and linear (0.925, 0.525, 0.475, 0.1) both side with p_w, right once: predicted
+    # 1, 1, 0, 0 against 1, 1, 1, 0. At 0.7 / 0.3 linear labels pixels 0 and 3 only.
+    for name in ("spm", "linear"):
+        assert fusions[name]["follows_student_on_disagreement"] == pytest.approx(100.0)
+        assert fusions[name]["right_on_disagreement"] == pytest.approx(50.0)
+        assert fusions[name]["oIoU"] == pytest.approx(100 * 2 / 3)
+    assert fusions["linear"]["label_coverage"] == pytest.approx(50.0)
+    assert fusions["linear"]["label_accuracy"] == pytest.approx(100.0)
+    # The oracle takes the truth where the sources disagree; the raw prior misses pixel 1.
+    assert fusions["oracle"]["oIoU"] == pytest.approx(100.0)
+    assert fusions["oracle"]["right_on_disagreement"] == pytest.approx(100.0)
+    assert fusions["oracle"]["follows_student_on_disagreement"] == pytest.approx(50.0)
+    assert fusions["raw"]["oIoU"] == pytest.approx(100 * 2 / 3)
+    assert fusions["raw"]["follows_student_on_disagreement"] == pytest.approx(0.0)
+    assert fusions["own"] == fusions["raw"]
+    # Labels at 0.7 / 0.3 from p_w alone: 0.9 and 0.8 foreground (right), 0.25 and 0.1
+    # background (0.25 wrong): all selected, 3 of 4 correct.
+    assert fusions["student"]["label_coverage"] == pytest.approx(100.0)
+    assert fusions["student"]["label_accuracy"] == pytest.approx(75.0)
