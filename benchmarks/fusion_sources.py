@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/fusion_sources.py RUN [RUN ...] [--pairs 512] [--threads 1]
 
-RUN is a training run's folder as ``ablation.py`` leaves it (``params.yaml`` and
-``models/latest.pt``), e.g. ``benchmarks/work/ablation_2x/spm/seed22``.
+RUN is a folder holding a run's ``params.yaml``, whose ``paths.models`` holds its
+checkpoints: a run ``ablation.py`` left, e.g. ``benchmarks/work/ablation_2x/spm/seed22``,
+or ``.`` for ``make run``'s model (``data/models/latest.pt``).
 
 Why: at twice the default's budget +SPM ends 6.5 val oIoU below fixed fusion, the step of
 Table 3 that fails, and no fusion's last-epoch prior reaches the issue's raw + 10 (full L2L
@@ -186,8 +187,15 @@ def score_run(run: Path, checkpoint_name: str, pairs: int, batch_size: int) -> d
     from l2l_train.config import load_trainer_params
     from l2l_train.figures import student_from_checkpoint, unlabeled_pairs
 
+    if not (run / "params.yaml").is_file():
+        raise SystemExit(
+            f"{run}: expected a run folder with its params.yaml (as ablation.py leaves one, "
+            "e.g. benchmarks/work/ablation_2x/full/seed22, or . for make run's model)"
+        )
     params = load_trainer_params(run / "params.yaml")
     checkpoint = Path(params.paths.models) / checkpoint_name
+    if not checkpoint.is_file():
+        raise SystemExit(f"{run}: no checkpoint {checkpoint} (train the run first)")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     student, image_size = student_from_checkpoint(ckpt, torch.device("cpu"))
     if not student.plan.teacher:
