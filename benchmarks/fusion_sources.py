@@ -8,7 +8,7 @@ or ``.`` for ``make run``'s model (``data/models/latest.pt``).
 
 Why: at twice the default's budget +SPM ends 6.5 val oIoU below fixed fusion, the step of
 Table 3 that fails, and no fusion's last-epoch prior reaches the issue's raw + 10 (full L2L
-+3.3, fixed fusion -4.4; ``benchmarks/README.md``). A fusion can only beat the raw prior
++3.3, fixed fusion -4.6; ``benchmarks/README.md``). A fusion can only beat the raw prior
 where the student's weak prediction ``p_w`` and the teacher's ``q`` disagree and it sides
 with the one that is right. So, on the run's own unlabelled pairs, with the ground truth the
 loop never sees, this splits the pixels where the two disagree at 0.5 by who is right and
@@ -30,11 +30,14 @@ import argparse
 import dataclasses
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from common import RESULTS, describe_machine, write_result
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from l2l_train.config import FusionConfig
 
 STATIC_THRESHOLDS = (0.7, 0.3)  # (tau_fg, tau_bg): the ablation's rows without RPLE
 FUSIONS = ("raw", "student", "own", "spm", "linear", "oracle")
@@ -51,10 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fused_maps(p_w: Tensor, q: Tensor, gt: Tensor, own: Tensor, fusion: Any) -> dict[str, Tensor]:
+def fused_maps(
+    p_w: Tensor, q: Tensor, gt: Tensor, own: Tensor, fusion: FusionConfig
+) -> dict[str, Tensor]:
     """Every source's foreground probability on a batch whose pairs all have a prior: the
     two sources, the run's own ``q_hat`` (``own``), SPM's fusion with the coefficients
-    ``fusion`` (a :class:`~l2l_train.config.FusionConfig`), fixed fusion's 0.5 / 0.5, and
+    ``fusion``, fixed fusion's 0.5 / 0.5, and
     the oracle (``p_w`` where the two agree at 0.5, the ground truth where they do not).
 
     Shapes: p_w, q, own (B, 1, S, S); gt (B, S, S) bool -> name -> (B, 1, S, S)."""
@@ -91,7 +96,9 @@ class SourceCounts:
         key = (map_name, quantity)
         self.sums[key] = self.sums.get(key, 0.0) + value.double().sum().item()
 
-    def add_batch(self, maps: dict[str, Tensor], gt: Tensor, band: Tensor, fusion: Any) -> None:
+    def add_batch(
+        self, maps: dict[str, Tensor], gt: Tensor, band: Tensor, fusion: FusionConfig
+    ) -> None:
         """Add a batch: ``maps`` as :func:`fused_maps` gives them, ground truth ``gt``,
         ignore-band widths ``band`` and SPM's coefficients ``fusion``.
 
