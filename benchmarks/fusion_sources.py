@@ -59,8 +59,8 @@ def fused_maps(
 ) -> dict[str, Tensor]:
     """Every source's foreground probability on a batch whose pairs all have a prior: the
     two sources, the run's own ``q_hat`` (``own``), SPM's fusion with the coefficients
-    ``fusion``, fixed fusion's 0.5 / 0.5, and
-    the oracle (``p_w`` where the two agree at 0.5, the ground truth where they do not).
+    ``fusion``, fixed fusion's 0.5 / 0.5, and the oracle (``p_w`` where the two agree at
+    0.5, the ground truth where they do not).
 
     Shapes: p_w, q, own (B, 1, S, S); gt (B, S, S) bool -> name -> (B, 1, S, S)."""
     from l2l_train.spm import fuse, linear_fusion
