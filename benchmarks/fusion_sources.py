@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("runs", type=Path, nargs="+", help="run folders (params.yaml, models/)")
     parser.add_argument("--checkpoint", default="latest.pt", help="file under each run's models/")
     parser.add_argument("--pairs", type=int, default=512, help="unlabelled pairs per run")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also fuse a temperature-scaled p_w with SPM, the temperature fitted on the "
+        "next --pairs unlabelled pairs (their ground truth; not val or test)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "fusion_sources.json")
@@ -55,19 +61,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def fused_maps(
-    p_w: Tensor, q: Tensor, gt: Tensor, own: Tensor, fusion: FusionConfig
+    p_w: Tensor,
+    q: Tensor,
+    gt: Tensor,
+    own: Tensor,
+    fusion: FusionConfig,
+    temperature: float | None = None,
 ) -> dict[str, Tensor]:
     """Every source's foreground probability on a batch whose pairs all have a prior: the
     two sources, the run's own ``q_hat`` (``own``), SPM's fusion with the coefficients
     ``fusion``, fixed fusion's 0.5 / 0.5, and the oracle (``p_w`` where the two agree at
-    0.5, the ground truth where they do not).
+    0.5, the ground truth where they do not); with a ``temperature``, also SPM's fusion of
+    the temperature-scaled ``p_w`` (:func:`with_temperature`) and ``q``.
 
     Shapes: p_w, q, own (B, 1, S, S); gt (B, S, S) bool -> name -> (B, 1, S, S)."""
     from l2l_train.spm import fuse, linear_fusion
 
     present = torch.ones(q.shape[0], dtype=torch.bool)
     disagree = (p_w >= 0.5) != (q >= 0.5)
-    return {
+    maps = {
         "raw": q,
         "student": p_w,
         "own": own,
@@ -75,6 +87,33 @@ def fused_maps(
         "linear": linear_fusion(p_w, q, present, 0.5),
         "oracle": torch.where(disagree, gt.unsqueeze(1).float(), p_w),
     }
+    if temperature is not None:
+        scaled = with_temperature(p_w, temperature, fusion.eps)
+        maps["spm_calibrated"] = fuse(scaled, q, present, fusion).q_hat
+    return maps
+
+
+def with_temperature(p: Tensor, temperature: float, eps: float) -> Tensor:
+    """``sigmoid(logit(p) / T)``, ``p`` clamped to [eps, 1 - eps]: the same side of 0.5,
+    surer for T < 1, less sure for T > 1. Shapes: p (...) -> (...)."""
+    return torch.sigmoid(torch.logit(p.clamp(eps, 1 - eps)) / temperature)
+
+
+TEMPERATURES = torch.logspace(-1, 1, 401, dtype=torch.float64)  # 0.1 to 10, 1.2 % apart
+
+
+def fit_temperature(p: Tensor, gt: Tensor, eps: float) -> float:
+    """The temperature of :data:`TEMPERATURES` whose :func:`with_temperature` of ``p`` has
+    the lowest binary cross-entropy against ``gt``: Guo et al.'s temperature scaling, on
+    pixels.
+
+    Shapes: p (N, 1, S, S) probabilities, gt (N, S, S) bool."""
+    import torch.nn.functional as F
+
+    logits = torch.logit(p[:, 0].double().clamp(eps, 1 - eps)).flatten()
+    target = gt.double().flatten()
+    losses = [F.binary_cross_entropy_with_logits(logits / t, target) for t in TEMPERATURES]
+    return TEMPERATURES[int(torch.stack(losses).argmin())].item()
 
 
 def logit_margin(p: Tensor, eps: float) -> Tensor:
@@ -147,7 +186,8 @@ class SourceCounts:
                 "label_accuracy": 100 * get("correct") / get("selected"),
             }
 
-        fusions = {name: fusion(name) for name in FUSIONS}
+        names = dict.fromkeys(k[0] for k in self.sums if k[0] != "sources")
+        fusions = {name: fusion(name) for name in names}
         return {
             "pairs": self.pairs,
             "disagreement_share": 100 * disagree / pixels,
@@ -160,36 +200,60 @@ class SourceCounts:
 
 
 @torch.no_grad()
-def count_sources(student: Any, data_u: Any, pairs: int, batch_size: int) -> SourceCounts:
-    """:class:`SourceCounts` over the first ``pairs`` unlabelled visits with prior and truth."""
+def weak_pass_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> dict[str, Tensor]:
+    """``p_w``, ``q``, the run's own ``q_hat``, ground truth and ignore-band widths of the
+    first ``pairs`` unlabelled visits that have a prior and a ground truth, in stream order."""
     from l2l_train.data import split_eval_only, train_loader
     from l2l_train.targets import TARGET_STRATEGIES, band_in_input_frame
 
-    counts = SourceCounts()
+    parts: list[dict[str, Tensor]] = []
+    found = 0
     loader = train_loader(data_u, batch_size, start=0, rank=0, world=1, num_workers=0)
     for batch in loader:
         train_u, eval_u = split_eval_only(batch)
         keep = eval_u["has_mask_u_eval"] & train_u["prior_present_u"]
-        keep &= keep.cumsum(0) <= pairs - counts.pairs
+        keep &= keep.cumsum(0) <= pairs - found
         if not keep.any():
             continue
         p_w = student.weak_probability(train_u)[keep]
-        q, gt = train_u["prior_u"][keep].float(), eval_u["mask_u_eval"][keep].bool()
+        q = train_u["prior_u"][keep].float()
         present = torch.ones(q.shape[0], dtype=torch.bool)
-        own = TARGET_STRATEGIES[student.plan.fusion](p_w, q, present, student.fusion)
-        band = band_in_input_frame(
-            student.cfg.agent.ignore_band, train_u["original_hw_u"][keep], q.shape[-1]
+        parts.append(
+            {
+                "p_w": p_w,
+                "q": q,
+                "own": TARGET_STRATEGIES[student.plan.fusion](p_w, q, present, student.fusion),
+                "gt": eval_u["mask_u_eval"][keep].bool(),
+                "band": band_in_input_frame(
+                    student.cfg.agent.ignore_band, train_u["original_hw_u"][keep], q.shape[-1]
+                ),
+            }
         )
-        maps = fused_maps(p_w, q, gt, own, student.cfg.fusion)
-        counts.add_batch(maps, gt, band, student.cfg.fusion)
-        if counts.pairs >= pairs:
+        found += int(keep.sum())
+        if found >= pairs:
             break
-    if counts.pairs == 0:
+    if found == 0:
         raise SystemExit("no unlabelled pair with a teacher prior and a ground truth")
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def count_sources(
+    maps: dict[str, Tensor], fusion: FusionConfig, temperature: float | None, batch_size: int
+) -> SourceCounts:
+    """:class:`SourceCounts` of :func:`weak_pass_maps`' pairs, ``batch_size`` at a time."""
+    counts = SourceCounts()
+    for start in range(0, maps["p_w"].shape[0], batch_size):
+        batch = {key: value[start : start + batch_size] for key, value in maps.items()}
+        sources = fused_maps(
+            batch["p_w"], batch["q"], batch["gt"], batch["own"], fusion, temperature
+        )
+        counts.add_batch(sources, batch["gt"], batch["band"], fusion)
     return counts
 
 
-def score_run(run: Path, checkpoint_name: str, pairs: int, batch_size: int) -> dict[str, Any]:
+def score_run(
+    run: Path, checkpoint_name: str, pairs: int, batch_size: int, calibrate: bool
+) -> dict[str, Any]:
     from l2l_train.checkpoint import load_checkpoint
     from l2l_train.config import load_trainer_params
     from l2l_train.figures import student_from_checkpoint, unlabeled_pairs
@@ -207,7 +271,15 @@ def score_run(run: Path, checkpoint_name: str, pairs: int, batch_size: int) -> d
     student, image_size = student_from_checkpoint(ckpt, torch.device("cpu"))
     if not student.plan.teacher:
         raise SystemExit(f"{checkpoint}: method {student.cfg.method} reads no teacher prior")
-    counts = count_sources(student, unlabeled_pairs(params, student, image_size), pairs, batch_size)
+    data_u = unlabeled_pairs(params, student, image_size)
+    fusion = student.cfg.fusion
+    maps = weak_pass_maps(student, data_u, 2 * pairs if calibrate else pairs, batch_size)
+    temperature = None
+    if calibrate:  # fitted on the pairs after the scored ones: held out of the scoring
+        held_out = maps["p_w"][pairs:], maps["gt"][pairs:]
+        maps = {key: value[:pairs] for key, value in maps.items()}
+        temperature = fit_temperature(*held_out, fusion.eps)
+    counts = count_sources(maps, fusion, temperature, batch_size)
     train = student.cfg
     return {
         "run": str(run),
@@ -218,6 +290,7 @@ def score_run(run: Path, checkpoint_name: str, pairs: int, batch_size: int) -> d
         "rple": train.rple,
         "sesm": ckpt["config"]["model"]["sesm"]["enabled"],
         "seed": train.seed,
+        "temperature": temperature,
         **counts.summary(),
     }
 
@@ -244,8 +317,8 @@ def markdown_table(runs: list[dict[str, Any]], columns: list[tuple[str, Any]]) -
         cells = []
         for _, value in columns:
             values = [float(value(r)) for r in group]
-            spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.1f}{spread}")
+            spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.2f}{spread}")
         seeds = " / ".join(str(r["seed"]) for r in group)
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -261,9 +334,13 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         ("|logit p_w|", lambda r: r["student_logit_margin_on_disagreement"]),
         ("|logit q|", lambda r: r["teacher_logit_margin_on_disagreement"]),
     ]
-    sources += [(f"{n} oIoU", lambda r, n=n: r["fusions"][n]["oIoU"]) for n in FUSIONS]
+    calibrated = all(r["temperature"] is not None for r in runs)
+    if calibrated:
+        sources.append(("temperature", lambda r: r["temperature"]))
+    extra = ("spm_calibrated",) if calibrated else ()
+    sources += [(f"{n} oIoU", lambda r, n=n: r["fusions"][n]["oIoU"]) for n in (*FUSIONS, *extra)]
     labels = []
-    for name in ("own", "spm", "linear"):
+    for name in ("own", "spm", "linear", *extra):
         labels += [
             (
                 f"{name}: p_w's side %",
@@ -279,7 +356,10 @@ def markdown(runs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    runs = [score_run(run, args.checkpoint, args.pairs, args.batch_size) for run in args.runs]
+    runs = [
+        score_run(run, args.checkpoint, args.pairs, args.batch_size, args.calibrate)
+        for run in args.runs
+    ]
     table = markdown(runs)
     write_result(
         args.out,

@@ -9,6 +9,7 @@ import torch
 from benchmark_scripts import BENCHMARKS, import_benchmark
 
 from l2l_train.config import load_trainer_params
+from l2l_train.spm import fuse
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,32 @@ def test_one_pair_where_the_student_and_the_teacher_are_each_right_once(fusion_s
     # background (0.25 wrong): all selected, 3 of 4 correct.
     assert fusions["student"]["label_coverage"] == pytest.approx(100.0)
     assert fusions["student"]["label_accuracy"] == pytest.approx(75.0)
+
+
+def test_temperature_scaling_keeps_the_side_and_fits_the_hit_rate(fusion_sources):
+    """sigmoid(logit(0.8) / 2) = sigmoid(ln 2) = 2/3. 100 pixels all at sigmoid(2), 88 of
+    them foreground: the cross-entropy is lowest where sigmoid(2 / T) = 0.88, at
+    T = 2 / logit(0.88) = 1.0038 (the grid is 1.2 % apart)."""
+    p = torch.tensor([0.8, 0.2])
+    assert fusion_sources.with_temperature(p, 2.0, 1e-4) == pytest.approx(
+        torch.tensor([2 / 3, 1 / 3])
+    )
+    probability = torch.full((1, 1, 10, 10), torch.sigmoid(torch.tensor(2.0)).item())
+    gt = (torch.arange(100) < 88).view(1, 10, 10)
+    best = 2 / math.log(0.88 / 0.12)
+    assert fusion_sources.fit_temperature(probability, gt, 1e-4) == pytest.approx(best, rel=0.012)
+
+
+def test_a_temperature_adds_spm_on_the_scaled_student(fusion_sources):
+    """T = 2 halves p_w's logits: on the 1x4 pair above SPM then fuses 0.75, 0.667, 0.366,
+    0.25 with the prior instead of p_w itself."""
+    fusion = load_trainer_params(BENCHMARKS.parent / "params.yaml").train.fusion
+    p_w, q = pair([0.9, 0.8, 0.25, 0.1]), pair([0.95, 0.25, 0.7, 0.1])
+    gt = torch.tensor([1, 1, 1, 0], dtype=torch.bool).view(1, 1, 4)
+    plain = fusion_sources.fused_maps(p_w, q, gt, own=q, fusion=fusion)
+    assert "spm_calibrated" not in plain
+    maps = fusion_sources.fused_maps(p_w, q, gt, own=q, fusion=fusion, temperature=2.0)
+    scaled = fusion_sources.with_temperature(p_w, 2.0, fusion.eps)
+    expected = fuse(scaled, q, torch.tensor([True]), fusion).q_hat
+    assert torch.equal(maps["spm_calibrated"], expected)
+    assert not torch.equal(maps["spm_calibrated"], maps["spm"])
