@@ -93,10 +93,16 @@ def fused_maps(
     return maps
 
 
+def clamped_logit(p: Tensor, eps: float) -> Tensor:
+    """``logit(p)`` with ``p`` clamped to [eps, 1 - eps], as SPM's fusion takes it.
+    Shapes: p (...) -> (...)."""
+    return torch.logit(p.clamp(eps, 1 - eps))
+
+
 def with_temperature(p: Tensor, temperature: float, eps: float) -> Tensor:
-    """``sigmoid(logit(p) / T)``, ``p`` clamped to [eps, 1 - eps]: the same side of 0.5,
-    surer for T < 1, less sure for T > 1. Shapes: p (...) -> (...)."""
-    return torch.sigmoid(torch.logit(p.clamp(eps, 1 - eps)) / temperature)
+    """``sigmoid(logit(p) / T)``: the same side of 0.5, surer for T < 1, less sure for
+    T > 1. Shapes: p (...) -> (...)."""
+    return torch.sigmoid(clamped_logit(p, eps) / temperature)
 
 
 TEMPERATURES = torch.logspace(-1, 1, 401, dtype=torch.float64)  # 0.1 to 10, 1.2 % apart
@@ -110,17 +116,19 @@ def fit_temperature(p: Tensor, gt: Tensor, eps: float) -> float:
     Shapes: p (N, 1, S, S) probabilities, gt (N, S, S) bool."""
     import torch.nn.functional as F
 
-    logits = torch.logit(p[:, 0].double().clamp(eps, 1 - eps)).flatten()
+    if p.numel() == 0:
+        raise SystemExit("--calibrate: no unlabelled pairs left to fit the temperature on")
+    logits = clamped_logit(p[:, 0].double(), eps).flatten()
     target = gt.double().flatten()
     losses = [F.binary_cross_entropy_with_logits(logits / t, target) for t in TEMPERATURES]
     return TEMPERATURES[int(torch.stack(losses).argmin())].item()
 
 
 def logit_margin(p: Tensor, eps: float) -> Tensor:
-    """``|logit p|`` with ``p`` clamped to [eps, 1 - eps]: how sure a source is.
+    """``|logit p|`` (:func:`clamped_logit`): how sure a source is.
 
     Shapes: p (B, 1, S, S) -> (B, S, S)."""
-    return torch.logit(p[:, 0].clamp(eps, 1 - eps)).abs()
+    return clamped_logit(p[:, 0], eps).abs()
 
 
 @dataclasses.dataclass
