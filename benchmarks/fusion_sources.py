@@ -133,11 +133,16 @@ def logit_margin(p: Tensor, eps: float) -> Tensor:
 
 @dataclasses.dataclass
 class SourceCounts:
-    """Pixel sums over every scored pair; ``sums`` is keyed ``(map, quantity)``, with map
+    """Running sums over every scored pair: per map, the project's oIoU
+    (:class:`~l2l_train.metrics.IoUAccumulator`) and pseudo-label quality
+    (:class:`~l2l_train.metrics.PseudoLabelAccumulator`); in ``sums``, keyed
+    ``(map, quantity)``, the counts on the pixels where the sources disagree, with map
     ``"sources"`` for what does not depend on a fusion."""
 
     pairs: int = 0
     sums: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    iou: dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def _add(self, map_name: str, quantity: str, value: Tensor) -> None:
         key = (map_name, quantity)
@@ -150,13 +155,13 @@ class SourceCounts:
         ignore-band widths ``band`` and SPM's coefficients ``fusion``.
 
         Shapes: maps (B, 1, S, S) each; gt (B, S, S) bool; band (B,) int."""
-        from l2l_train.losses import IGNORE_INDEX
+        from l2l_train.metrics import IoUAccumulator, PseudoLabelAccumulator, binarize
         from l2l_train.spm import agreement, prior_weight
         from l2l_train.targets import pseudo_labels, static_thresholds
 
         p_w, q = maps["student"], maps["raw"]
-        student_side = p_w[:, 0] >= 0.5
-        disagree = student_side != (q[:, 0] >= 0.5)
+        student_side = binarize(p_w)
+        disagree = student_side != binarize(q)
         self.pairs += gt.shape[0]
         self._add("sources", "pixels", torch.tensor(float(gt.numel())))
         self._add("sources", "disagree", disagree)
@@ -166,16 +171,12 @@ class SourceCounts:
         self._add("sources", "teacher_margin", logit_margin(q, fusion.eps)[disagree])
         thresholds = static_thresholds(gt.shape[0], *STATIC_THRESHOLDS)
         for name, probability in maps.items():
-            hard = probability[:, 0] >= 0.5
-            labels = pseudo_labels(probability, thresholds, band)
-            selected = labels != IGNORE_INDEX
-            correct = selected & (labels == gt.to(labels.dtype))
+            hard = binarize(probability)
             self._add(name, "follows_student", disagree & (hard == student_side))
             self._add(name, "right", disagree & (hard == gt))
-            self._add(name, "inter", hard & gt)
-            self._add(name, "union", hard | gt)
-            self._add(name, "selected", selected)
-            self._add(name, "correct", correct)
+            self.iou.setdefault(name, IoUAccumulator()).update(hard, gt)
+            labels = pseudo_labels(probability, thresholds, band)
+            self.labels.setdefault(name, PseudoLabelAccumulator()).update(labels, gt)
 
     def summary(self) -> dict[str, Any]:
         """Shares in percent (of all pixels, of the pixels where the sources disagree, of
@@ -185,17 +186,19 @@ class SourceCounts:
         pixels, disagree = sources["pixels"], sources["disagree"]
 
         def fusion(name: str) -> dict[str, float]:
-            get = lambda quantity: self.sums[(name, quantity)]  # noqa: E731
+            quality = self.labels[name].compute()
+            on_disagreement = {
+                q: 100 * self.sums[(name, q)] / disagree for q in ("follows_student", "right")
+            }
             return {
-                "oIoU": 100 * get("inter") / get("union"),
-                "follows_student_on_disagreement": 100 * get("follows_student") / disagree,
-                "right_on_disagreement": 100 * get("right") / disagree,
-                "label_coverage": 100 * get("selected") / pixels,
-                "label_accuracy": 100 * get("correct") / get("selected"),
+                "oIoU": 100 * self.iou[name].compute()["oIoU"],
+                "follows_student_on_disagreement": on_disagreement["follows_student"],
+                "right_on_disagreement": on_disagreement["right"],
+                "label_coverage": 100 * quality["coverage"],
+                "label_accuracy": 100 * quality["accuracy"],
             }
 
-        names = dict.fromkeys(k[0] for k in self.sums if k[0] != "sources")
-        fusions = {name: fusion(name) for name in names}
+        fusions = {name: fusion(name) for name in self.iou}
         return {
             "pairs": self.pairs,
             "disagreement_share": 100 * disagree / pixels,

@@ -17,20 +17,24 @@ def fusion_sources():
     return import_benchmark("fusion_sources")
 
 
-def pair(values: list[float]) -> torch.Tensor:
-    return torch.tensor(values).view(1, 1, 1, 4)
+@pytest.fixture(scope="module")
+def fusion():
+    """SPM's coefficients of params.yaml: bA 0.4, bq 0.25, bu 0.2, eps 1e-4."""
+    return load_trainer_params(BENCHMARKS.parent / "params.yaml").train.fusion
 
 
-def test_one_pair_where_the_student_and_the_teacher_are_each_right_once(fusion_sources):
-    """One 1x4 pair: p_w 0.9, 0.8, 0.25, 0.1; q 0.95, 0.25, 0.7, 0.1; truth 1, 1, 1, 0. They
-    disagree on pixels 1 (p_w right) and 2 (q right). SPM coefficients of params.yaml
-    (bA 0.4, bq 0.25, bu 0.2), no ignore band, labels at 0.7 / 0.3."""
-    fusion = load_trainer_params(BENCHMARKS.parent / "params.yaml").train.fusion
-    p_w, q = pair([0.9, 0.8, 0.25, 0.1]), pair([0.95, 0.25, 0.7, 0.1])
-    gt = torch.tensor([1, 1, 1, 0], dtype=torch.bool).view(1, 1, 4)
-    maps = fusion_sources.fused_maps(p_w, q, gt, own=q, fusion=fusion)
+# One 1x4 pair: p_w 0.9, 0.8, 0.25, 0.1; q 0.95, 0.25, 0.7, 0.1; truth 1, 1, 1, 0.
+P_W = torch.tensor([0.9, 0.8, 0.25, 0.1]).view(1, 1, 1, 4)
+Q = torch.tensor([0.95, 0.25, 0.7, 0.1]).view(1, 1, 1, 4)
+GT = torch.tensor([1, 1, 1, 0], dtype=torch.bool).view(1, 1, 4)
+
+
+def test_one_pair_where_the_student_and_the_teacher_are_each_right_once(fusion_sources, fusion):
+    """The pair above: p_w and q disagree on pixels 1 (p_w right) and 2 (q right). No
+    ignore band, labels at 0.7 / 0.3."""
+    maps = fusion_sources.fused_maps(P_W, Q, GT, own=Q, fusion=fusion)
     counts = fusion_sources.SourceCounts()
-    counts.add_batch(maps, gt, torch.tensor([0]), fusion)
+    counts.add_batch(maps, GT, torch.tensor([0]), fusion)
     result = counts.summary()
 
     # Soft IoU A = 1.24 / (2.05 + 2.0 - 1.24 + eps), eps 1e-4;
@@ -87,16 +91,13 @@ def test_temperature_scaling_keeps_the_side_and_fits_the_hit_rate(fusion_sources
     assert fusion_sources.fit_temperature(probability, gt, 1e-4) == pytest.approx(best, rel=0.012)
 
 
-def test_a_temperature_adds_spm_on_the_scaled_student(fusion_sources):
-    """T = 2 halves p_w's logits: on the 1x4 pair above SPM then fuses 0.75, 0.667, 0.366,
+def test_a_temperature_adds_spm_on_the_scaled_student(fusion_sources, fusion):
+    """T = 2 halves p_w's logits: on the pair above SPM then fuses 0.75, 0.667, 0.366,
     0.25 with the prior instead of p_w itself."""
-    fusion = load_trainer_params(BENCHMARKS.parent / "params.yaml").train.fusion
-    p_w, q = pair([0.9, 0.8, 0.25, 0.1]), pair([0.95, 0.25, 0.7, 0.1])
-    gt = torch.tensor([1, 1, 1, 0], dtype=torch.bool).view(1, 1, 4)
-    plain = fusion_sources.fused_maps(p_w, q, gt, own=q, fusion=fusion)
+    plain = fusion_sources.fused_maps(P_W, Q, GT, own=Q, fusion=fusion)
     assert "spm_calibrated" not in plain
-    maps = fusion_sources.fused_maps(p_w, q, gt, own=q, fusion=fusion, temperature=2.0)
-    scaled = fusion_sources.with_temperature(p_w, 2.0, fusion.eps)
-    expected = fuse(scaled, q, torch.tensor([True]), fusion).q_hat
+    maps = fusion_sources.fused_maps(P_W, Q, GT, own=Q, fusion=fusion, temperature=2.0)
+    scaled = fusion_sources.with_temperature(P_W, 2.0, fusion.eps)
+    expected = fuse(scaled, Q, torch.tensor([True]), fusion).q_hat
     assert torch.equal(maps["spm_calibrated"], expected)
     assert not torch.equal(maps["spm_calibrated"], maps["spm"])
