@@ -48,7 +48,11 @@ Those eight rows are the group ``table3`` and the default of ``--rows``. The oth
 
 One row outside the paper's tables: ``sesm_rple``, full L2L with ``train.spm: false``, so
 ``q_hat = p_w``, the weak pass that sees the prior (``benchmarks/fusion_sources.py`` found
-that pass's map ahead of SPM's fusion of it with the prior).
+that pass's map ahead of SPM's fusion of it with the prior). Two more test how the fusions
+settle the pixels where ``p_w`` and the prior fall on opposite sides of 0.5 (there, SPM's
+logit fusion follows the surer source into a confident label, linear fusion leaves most
+inside the ignore band): ``spm_no_conflicts`` and ``fixed_no_conflicts``, ``spm`` and
+``fixed_fusion`` with ``train.ignore_conflicts: true``.
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
@@ -200,6 +204,19 @@ ROWS = (
     *(no_reward_term(term) for term in ("sep", "cons", "cov", "stab")),
     # Not in the paper: full L2L whose target is the weak pass itself (it sees the prior)
     full_l2l("sesm_rple", "+SESM+RPLE, q_hat = p_w", {"spm": False}),
+    # Not in the paper: +SPM and fixed fusion, pixels where p_w and q conflict ignored
+    Row(
+        "spm_no_conflicts",
+        "+SPM, conflicts ignored",
+        {"method": "l2l", "spm": True, "rple": False, "ignore_conflicts": True},
+        sesm=False,
+    ),
+    Row(
+        "fixed_no_conflicts",
+        "fixed 0.5 fusion, conflicts ignored",
+        {"method": "fixed_fusion", "ignore_conflicts": True},
+        sesm=False,
+    ),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],

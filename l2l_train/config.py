@@ -365,6 +365,10 @@ class TrainConfig:
     # evaluated) or with the teacher's prior (true: DESIGN's SESM conditioning, p_w a
     # correction of the prior learnt on labelled pairs that carry theirs).
     weak_sees_prior: bool = False
+    # Pseudo-label pixels where p_w and the prior fall on opposite sides of 0.5 are ignored
+    # (:func:`l2l_train.targets.conflict_pixels`). A diagnostic of how a fusion settles those
+    # conflicts (benchmarks/README.md, "Ignoring the conflicts"), not part of the paper's method.
+    ignore_conflicts: bool = False
     # Runtime-only below: a resumed run may change them (its checkpoint still fits).
     device: Literal["auto", "cpu", "cuda"] = runtime_only("auto")  # auto: cuda:LOCAL_RANK if any
     amp: bool = runtime_only(True)  # bf16 autocast on CUDA

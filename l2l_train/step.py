@@ -17,7 +17,8 @@ For a labelled batch ``x`` and an unlabelled batch ``u``:
 3. Thresholds: the RPLE agent's per-sample ``(tau_fg, tau_bg)`` (l2l with ``rple: true``),
    CATM's class-wise adaptive ones (catm) or the static ``train.tau_fg`` / ``train.tau_bg``;
    pseudo-labels with the ignore band; agreement_filter ignores whole pairs whose sources
-   are not both confident and in agreement.
+   are not both confident and in agreement, ``train.ignore_conflicts`` (a diagnostic) the
+   pixels where ``p_w`` and ``q`` fall on opposite sides of 0.5.
 4. Strong view: intensity ops on the image (made in the data workers) and EDA on the text,
    conditioned on ``q_hat`` where the pair has a teacher prior. One forward carries the
    labelled and the strong unlabelled pairs; prior dropout hides priors at random.
@@ -55,6 +56,7 @@ from l2l_train.targets import (
     agreement_keep,
     band_in_input_frame,
     class_statistics,
+    conflict_pixels,
     pseudo_labels,
     static_thresholds,
 )
@@ -184,6 +186,8 @@ class Student:
         if self.plan.agreement_filter:
             kept = agreement_keep(p_w, q, agree, present, self.cfg.agreement)
             pseudo[~kept] = IGNORE_INDEX
+        if self.cfg.ignore_conflicts:
+            pseudo[conflict_pixels(p_w, q, present)] = IGNORE_INDEX
         targets = UnlabeledTargets(q, present, q_hat, agree, thresholds, pseudo, band, kept)
         return WeakPass(targets, states, thresholds_all)
 

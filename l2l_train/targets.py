@@ -9,7 +9,8 @@ three-way pseudo-label under per-sample thresholds, with an ignore band around t
 edge (:func:`pseudo_labels`); the thresholds come from the RPLE agent (:mod:`l2l_train.rple`),
 from CATM's class-wise statistics (:class:`ClassThresholds`) or are static
 (:func:`static_thresholds`). The agreement filter (:func:`agreement_keep`) ignores every pixel
-of a pair whose two sources are not both confident and in agreement.
+of a pair whose two sources are not both confident and in agreement; ``train.ignore_conflicts``
+ignores only the pixels where they fall on opposite sides of 0.5 (:func:`conflict_pixels`).
 
 The three stronger MLLM baselines of the paper's appendix (Tables 14-15) all start from the
 linear fusion ``alpha p_w + (1 - alpha) q`` of "Baseline w/ MLLM":
@@ -127,6 +128,16 @@ def agreement_keep(
     confident_w = certainty(p_w).flatten(1).mean(1) >= cfg.confidence
     confident_q = certainty(q).flatten(1).mean(1) >= cfg.confidence
     return present & confident_w & confident_q & (agree > cfg.threshold)
+
+
+def conflict_pixels(p_w: Tensor, q: Tensor, present: Tensor) -> Tensor:
+    """The pixels where the weak prediction and the teacher prior conflict: the prior is
+    present and the two fall on opposite sides of 0.5 (``p_w >= 0.5`` but ``q < 0.5``, or the
+    reverse). ``train.ignore_conflicts`` ignores them in the pseudo-labels.
+
+    Shapes: p_w, q (B, 1, H, W); present (B,) bool -> (B, H, W) bool.
+    """
+    return ((p_w[:, 0] >= 0.5) != (q[:, 0] >= 0.5)) & present.view(-1, 1, 1)
 
 
 # ----------------------------------------------------------------------------- CATM thresholds

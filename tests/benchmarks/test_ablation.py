@@ -24,7 +24,7 @@ def ablation():
 
 ROW_NAMES = ["supervised", "fixmatch", "spm", "spm_sesm", "full", "tuned_fusion", "catm"]
 ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
-ROW_NAMES += ["no_cons", "sesm_rple"]
+ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
 
 
 def row_params(ablation, tmp_path, name):
@@ -57,6 +57,7 @@ def test_row_params_load_with_the_rows_method_budget_and_seed(ablation, tmp_path
     assert (train.batch_size_x, train.batch_size_u, train.lr) == (8, 4, 2e-3)
     assert params.model.sesm.enabled == row.sesm
     assert (train.spm, train.rple) == (row.train.get("spm", True), row.train.get("rple", True))
+    assert train.ignore_conflicts == row.train.get("ignore_conflicts", False)
     assert params.eval.every_epochs == 1
     assert Path(params.paths.priors) == data / "priors"
     assert Path(params.paths.models) == folder / "models"

@@ -4,6 +4,7 @@ and 2-process gloo DDP."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -27,7 +28,7 @@ from l2l_train.loop import Run, run_training, steps_per_epoch
 from l2l_train.losses import IGNORE_INDEX
 from l2l_train.metrics import MeanAccumulator
 from l2l_train.runtime import Runtime
-from l2l_train.targets import plan_method
+from l2l_train.targets import conflict_pixels, plan_method
 from l2l_train.trainer import param_groups, poly_factor, segmentor_param_groups
 from pipeline.config import load_pipeline_config
 from pipeline.datasets.manifest import read_pairs
@@ -238,6 +239,30 @@ def test_agreement_filter_ignores_every_pixel_of_the_pairs_it_drops(trainer_work
     assert (targets.pseudo[~targets.kept] == IGNORE_INDEX).all()
     summary = run_training(params, restart=True)
     assert summary.steps == 2 and 0.0 <= summary.last_metrics["u/kept"] <= 1.0
+
+
+def test_ignore_conflicts_ignores_exactly_the_conflicting_pixels(
+    trainer_workspace, tmp_path, monkeypatch
+):
+    params = load_trainer_params(
+        variant(trainer_workspace, tmp_path, train={"method": "fixed_fusion"})
+    )
+    run = Run(params, Runtime(torch.device("cpu")), restart=True, restart_if_stale=False)
+    batch_u, _ = split_eval_only(next(iter(run.loaders()[1])))
+    student = run.trainer.student
+    # A weak pass that mildly contradicts the prior on the left half of every image.
+    q = batch_u["prior_u"]
+    left = torch.arange(q.shape[-1]) < q.shape[-1] // 2
+    p_w = torch.where(left, torch.where(q >= 0.5, 0.45, 0.55), q)
+    monkeypatch.setattr(student, "weak_probability", lambda batch: p_w)
+    labelled = student.weak_targets(batch_u, explore=False).targets.pseudo
+    student.cfg = dataclasses.replace(student.cfg, ignore_conflicts=True)
+    filtered = student.weak_targets(batch_u, explore=False).targets.pseudo
+    conflicts = conflict_pixels(p_w, q, batch_u["prior_present_u"])
+    # Linear fusion labels the conflicts where the prior is sure (q >= 0.95 or q <= 0.05).
+    assert (labelled[conflicts] != IGNORE_INDEX).any()
+    assert (filtered[conflicts] == IGNORE_INDEX).all()
+    assert torch.equal(filtered[~conflicts], labelled[~conflicts])
 
 
 @pytest.mark.slow

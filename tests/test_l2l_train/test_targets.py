@@ -16,6 +16,7 @@ from l2l_train.targets import (
     agreement_keep,
     band_in_input_frame,
     class_statistics,
+    conflict_pixels,
     plan_method,
     pseudo_labels,
     static_thresholds,
@@ -112,6 +113,16 @@ def test_agreement_keep_needs_both_sources_confident_and_agreeing():
     # 4: both certain, A = 0.5 does not exceed 0.5                    -> dropped
     # 5: c(q) = (0.5 + 1) / 2 = 0.75 reaches 0.75, A 0.75 > 0.5       -> kept
     assert keep.tolist() == [True, False, False, False, False, True]
+
+
+def test_conflict_pixels_are_where_the_sources_fall_on_opposite_sides_of_one_half():
+    # Two pairs of four pixels; 0.5 counts as foreground for both sources.
+    p_w = torch.tensor([[0.9, 0.2, 0.5, 0.6], [0.9, 0.2, 0.5, 0.4]]).view(2, 1, 1, 4)
+    q = torch.tensor([[0.1, 0.3, 0.4, 0.8], [0.1, 0.3, 0.4, 0.8]]).view(2, 1, 1, 4)
+    # pair 0: fg/bg conflict, both bg, fg (0.5)/bg conflict, both fg; pair 1: no prior
+    conflicts = conflict_pixels(p_w, q, torch.tensor([True, False]))
+    assert conflicts.shape == (2, 1, 4)
+    assert conflicts[:, 0].tolist() == [[True, False, True, False], [False] * 4]
 
 
 # ----------------------------------------------------------------------------- CATM
