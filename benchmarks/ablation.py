@@ -645,8 +645,9 @@ def curves_tables(summaries: list[dict]) -> str:
     return "\n\n".join(sections)
 
 
-# Each Table 3 row against the row it builds on, and full L2L against the baselines that issue
-# 11's targets name (fixed fusion + 3 points, fixmatch + 8): (row, reference).
+# Each Table 3 row against the row it builds on, full L2L against the baselines that issue
+# 11's targets name (fixed fusion + 3 points, fixmatch + 8), and the conflict-ignoring rows
+# against the rows they change: (row, reference).
 PAIRED = (
     ("fixed_fusion", "fixmatch"),
     ("spm", "fixed_fusion"),
@@ -656,6 +657,9 @@ PAIRED = (
     ("full", "spm_rple"),
     ("full", "fixed_fusion"),
     ("full", "fixmatch"),
+    ("spm_no_conflicts", "spm"),
+    ("spm_no_conflicts", "fixed_fusion"),
+    ("fixed_no_conflicts", "fixed_fusion"),
 )
 
 
