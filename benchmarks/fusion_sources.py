@@ -300,6 +300,7 @@ def score_run(
         "spm": train.spm,
         "rple": train.rple,
         "sesm": ckpt["config"]["model"]["sesm"]["enabled"],
+        "ignore_conflicts": train.ignore_conflicts,
         "seed": train.seed,
         "temperature": temperature,
         **counts.summary(),
@@ -307,11 +308,14 @@ def score_run(
 
 
 def row_name(run: dict[str, Any]) -> str:
-    if run["method"] != "l2l":
-        return run["method"]
-    parts = ["spm" if run["spm"] else "no_spm"]
-    parts += ["sesm"] if run["sesm"] else []
-    parts += ["rple"] if run["rple"] else []
+    """The run's method and switches, e.g. ``spm+sesm+rple``, ``fixed_fusion+no_conflicts``.
+    The counts score each fusion's labels without ``train.ignore_conflicts``' mask."""
+    parts = [run["method"]]
+    if run["method"] == "l2l":
+        parts = ["spm" if run["spm"] else "no_spm"]
+        parts += ["sesm"] if run["sesm"] else []
+        parts += ["rple"] if run["rple"] else []
+    parts += ["no_conflicts"] if run.get("ignore_conflicts") else []
     return "+".join(parts)
 
 

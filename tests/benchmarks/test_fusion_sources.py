@@ -101,3 +101,18 @@ def test_a_temperature_adds_spm_on_the_scaled_student(fusion_sources, fusion):
     expected = fuse(scaled, Q, torch.tensor([True]), fusion).q_hat
     assert torch.equal(maps["spm_calibrated"], expected)
     assert not torch.equal(maps["spm_calibrated"], maps["spm"])
+
+
+def test_row_names_tell_the_switches_apart(fusion_sources):
+    def run(method="l2l", spm=True, sesm=False, rple=False, ignore_conflicts=False):
+        switches = {"spm": spm, "sesm": sesm, "rple": rple, "ignore_conflicts": ignore_conflicts}
+        return {"method": method, **switches}
+
+    assert fusion_sources.row_name(run(sesm=True, rple=True)) == "spm+sesm+rple"
+    assert fusion_sources.row_name(run(ignore_conflicts=True)) == "spm+no_conflicts"
+    assert fusion_sources.row_name(run(spm=False, sesm=True)) == "no_spm+sesm"
+    assert fusion_sources.row_name(run("fixed_fusion")) == "fixed_fusion"
+    assert (
+        fusion_sources.row_name(run("fixed_fusion", ignore_conflicts=True))
+        == "fixed_fusion+no_conflicts"
+    )
