@@ -76,9 +76,10 @@ def fused_maps(
 
     Shapes: p_w, q, own (B, 1, S, S); gt (B, S, S) bool -> name -> (B, 1, S, S)."""
     from l2l_train.spm import fuse, linear_fusion
+    from l2l_train.targets import conflict_pixels
 
     present = torch.ones(q.shape[0], dtype=torch.bool)
-    disagree = (p_w >= 0.5) != (q >= 0.5)
+    disagree = conflict_pixels(p_w, q, present).unsqueeze(1)
     maps = {
         "raw": q,
         "student": p_w,
@@ -157,11 +158,11 @@ class SourceCounts:
         Shapes: maps (B, 1, S, S) each; gt (B, S, S) bool; band (B,) int."""
         from l2l_train.metrics import IoUAccumulator, PseudoLabelAccumulator, binarize
         from l2l_train.spm import agreement, prior_weight
-        from l2l_train.targets import pseudo_labels, static_thresholds
+        from l2l_train.targets import conflict_pixels, pseudo_labels, static_thresholds
 
         p_w, q = maps["student"], maps["raw"]
         student_side = binarize(p_w)
-        disagree = student_side != binarize(q)
+        disagree = conflict_pixels(p_w, q, torch.ones(gt.shape[0], dtype=torch.bool))
         self.pairs += gt.shape[0]
         self._add("sources", "pixels", torch.tensor(float(gt.numel())))
         self._add("sources", "disagree", disagree)
