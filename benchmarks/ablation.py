@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ablation.py [--seeds 1] [--epochs 4] [--steps-per-epoch 250]
         [--image-size 64] [--rows supervised,full | table4,table7] [--teacher-eval]
-        [--label-budgets 0.1,1,5,10] [--jobs 2] [--report-only]
+        [--label-budgets 0.1,1,5,10] [--held-out 10] [--jobs 2] [--report-only]
 
 The benchmark's data is the embedded default dataset (params.yaml's ``data.synthetic``, with
 ``--synthetic`` overrides; built once under ``--work/data`` with priors for every split, in
@@ -70,6 +70,14 @@ oIoU mean and std over seeds per method and budget, the partitions' counts),
 ``label_budget.md`` and the figure ``label_budget.png``; ``--report-only`` redraws them from
 the finished runs.
 
+A part of train to tune on (issue 11: tune nothing on val or test), ``--held-out 10``: 10 % of
+the train images, drawn after the labelled ones (which stay params.yaml's) the way
+``split.holdout_ratio`` draws them, are trained on by no row and scored after training as the
+split ``held_out``, beside val and test (runs under ``<work>/<row>/heldout10/seed<k>/``). The
+table gains a held-out column and a second paired table, by held-out oIoU; the 100 % row
+labels every pair it does not hold out. It reads priors for the held-out pairs only with
+``--teacher-eval`` (the default data folders have them: they are train pairs).
+
 Each (row, seed) runs as two subprocesses, ``l2l-train run`` and ``l2l-train eval``, on its
 own params file under ``benchmarks/work/ablation/<row>/seed<k>/`` (so each run's memory is
 freed and an interrupted run resumes from its ``latest.pt``); a run whose ``result.json``
@@ -106,6 +114,8 @@ from typing import Any
 import yaml
 from common import _merge
 
+from pipeline.config import SplitConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work" / "ablation"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -135,6 +145,7 @@ PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (ap
     "no_cons": 65.36,
     "no_cov": 65.95,
 }
+HELD_OUT = "held_out"  # the partition role of --held-out's train images (a split to eval)
 PAPER_FIG9 = {"raw_prior_iou": 68.48, "fused_prior_iou_first": 73.19, "fused_prior_iou_last": 91.10}
 
 
@@ -277,7 +288,12 @@ class RunPaths:
         self.result = self.folder / "result.json"
 
 
-def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 22) -> Path:
+def manifests_folder(
+    data: Path,
+    labels: float | None = None,
+    split_seed: int = 22,
+    held_out: SplitConfig | None = None,
+) -> Path:
     """A folder beside ``data/manifests`` holding ``samples.parquet`` (a symlink) and a
     partition with ``labels`` percent of the train images labelled.
 
@@ -285,13 +301,19 @@ def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 
     labelled (``split.labeled_ratio`` must stay below 1, so the 100 % partition is written
     here rather than by the pipeline). Otherwise the images :func:`pipeline.split.partition`
     picks at ratio ``labels / 100`` with ``split_seed`` (at least one image); a symlink to the
-    data folder's own partition where that is the same table (5 % at the pipeline's seed)."""
+    data folder's own partition where that is the same table (5 % at the pipeline's seed).
+
+    ``held_out`` (``labels`` None or 100): the partition :func:`pipeline.split.partition`
+    draws with that config, whose labelled images must be the data folder's own; at 100
+    every pair it does not hold out is labelled, so both hold out the same images."""
     if labels is None:
         name = "manifests_5"
     elif labels == 100:
         name = "manifests_100"
     else:
         name = f"manifests_budget{labels:g}_seed{split_seed}"
+    if held_out is not None:
+        name += f"_heldout{100 * held_out.holdout_ratio:g}"
     folder = data / name
     if (folder / "partition.parquet").exists():
         return folder
@@ -299,7 +321,7 @@ def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 
     # invocations with disjoint --rows) may ask for the same budget at the same moment.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=data))
     try:
-        fill_manifests_folder(staging, (data / "manifests").resolve(), labels, split_seed)
+        fill_manifests_folder(staging, (data / "manifests").resolve(), labels, split_seed, held_out)
         if folder.exists() and not (folder / "partition.parquet").exists():
             shutil.rmtree(folder)  # left half-made by an older version of this function
         # Another invocation may have renamed its own in first: the same tables.
@@ -311,23 +333,41 @@ def manifests_folder(data: Path, labels: float | None = None, split_seed: int = 
 
 
 def fill_manifests_folder(
-    folder: Path, source: Path, labels: float | None, split_seed: int
+    folder: Path,
+    source: Path,
+    labels: float | None,
+    split_seed: int,
+    held_out: SplitConfig | None = None,
 ) -> None:
     """Put :func:`manifests_folder`'s two files in ``folder``: links into ``source`` (an
     absolute manifests folder) and, where it differs from the source's, a partition file."""
     (folder / "samples.parquet").symlink_to(source / "samples.parquet")
     partition = folder / "partition.parquet"
-    if labels is None:
+    if labels is None and held_out is None:
         partition.symlink_to(source / "partition.parquet")
         return
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    from pipeline.config import SplitConfig
     from pipeline.datasets.manifest import read_manifest, read_partition
     from pipeline.split import partition as split_partition
     from pipeline.split import write_partition
 
     own = read_partition(source / "partition.parquet")
+    if held_out is not None:
+        part = split_partition(read_manifest(source / "samples.parquet"), held_out)
+        labeled = pc.equal(part["role"], "labeled")
+        if not part.filter(labeled).equals(own.filter(pc.equal(own["role"], "labeled"))):
+            raise SystemExit(
+                f"--held-out: {source / 'partition.parquet'} is not the partition of "
+                f"split.labeled_ratio {held_out.labeled_ratio:g} at split.seed {held_out.seed}"
+                " (params.yaml's); rerun `l2l-priors split` on the data folder"
+            )
+        if labels == 100:
+            kept = pc.if_else(pc.equal(part["role"], "held_out"), "held_out", "labeled")
+            part = part.set_column(1, "role", kept)
+        write_partition(part, partition)
+        return
     if labels == 100:
         part = own.set_column(1, "role", pa.array(["labeled"] * own.num_rows, type=pa.string()))
     else:
@@ -340,7 +380,8 @@ def fill_manifests_folder(
 
 
 def label_counts(manifests: Path) -> dict[str, int]:
-    """Train images and pairs of each role in the partition of a manifests folder."""
+    """Train images and pairs of each role in the partition of a manifests folder (train
+    images: those a role trains on)."""
     from pipeline.datasets.manifest import read_manifest, read_partition
     from pipeline.split import role_counts
 
@@ -351,6 +392,7 @@ def label_counts(manifests: Path) -> dict[str, int]:
         "train_images": counts["labeled"].images + counts["unlabeled"].images,
         "labeled_pairs": counts["labeled"].pairs,
         "unlabeled_pairs": counts["unlabeled"].pairs,
+        "held_out_pairs": counts["held_out"].pairs,
     }
 
 
@@ -419,14 +461,23 @@ class Setup:
     base: dict[str, Any]  # the repository's params.yaml
     teacher_eval: bool
     labels: float | None = None  # label budget, % of train images; None: the data's partition
+    held_out: SplitConfig | None = None  # train images held out of training, scored (--held-out)
     split_seed: int = 22  # split.seed of the partitions drawn at a label budget
     threads: int | None = None  # OMP_NUM_THREADS of each run's processes; None: inherited
 
 
-def run_folder(work: Path, row: Row, seed: int, labels: float | None = None) -> Path:
+def run_folder(
+    work: Path,
+    row: Row,
+    seed: int,
+    labels: float | None = None,
+    held_out: SplitConfig | None = None,
+) -> Path:
     """Where (row, seed) runs: ``<work>/<row>/seed<k>``, under ``budget<labels>/`` in the
-    label-budget sweep."""
+    label-budget sweep, under ``heldout<pct>/`` with a held-out part of train."""
     budget = [] if labels is None else [f"budget{labels:g}"]
+    if held_out is not None:
+        budget.append(f"heldout{100 * held_out.holdout_ratio:g}")
     return Path(work, row.name, *budget, f"seed{seed}")
 
 
@@ -437,7 +488,12 @@ def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
     params = copy.deepcopy(setup.base)
     params["paths"] |= {
         "manifests": str(
-            manifests_folder(setup.data, 100 if row.full_labels else setup.labels, setup.split_seed)
+            manifests_folder(
+                setup.data,
+                100 if row.full_labels else setup.labels,
+                setup.split_seed,
+                setup.held_out,
+            )
         ),
         "priors": str(setup.data / "priors"),
         "models": str(folder / "models"),
@@ -476,19 +532,19 @@ def run_history(checkpoint: Path) -> list[dict[str, float]]:
     return load_checkpoint(checkpoint, map_location="cpu")["progress"]["history"]
 
 
-def finished(work: Path, row: Row, seed: int, labels: float | None = None) -> dict | None:
-    """The stored result of (row, seed) at label budget ``labels``, None when that run has
-    not finished."""
-    path = RunPaths(run_folder(work, row, seed, labels)).result
+def finished(setup: Setup, row: Row, seed: int) -> dict | None:
+    """The stored result of (row, seed) under ``setup``'s label budget and held-out part,
+    None when that run has not finished."""
+    path = RunPaths(run_folder(setup.work, row, seed, setup.labels, setup.held_out)).result
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_row(setup: Setup, row: Row, seed: int) -> dict:
     """Train and score one (row, seed); returns (and writes) its result."""
-    stored = finished(setup.work, row, seed, setup.labels)
+    stored = finished(setup, row, seed)
     if stored is not None:
         return stored
-    paths = RunPaths(run_folder(setup.work, row, seed, setup.labels))
+    paths = RunPaths(run_folder(setup.work, row, seed, setup.labels, setup.held_out))
     paths.folder.mkdir(parents=True, exist_ok=True)
     params = row_params(setup, row, seed, paths.folder)
     paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -508,6 +564,8 @@ def run_row(setup: Setup, row: Row, seed: int) -> dict:
         out = paths.folder / f"eval_{prior}.json"
         # The last epoch's validation scored this checkpoint with no prior already.
         splits = ["test"] if prior == "none" else ["val", "test"]
+        if setup.held_out is not None:
+            splits.append(HELD_OUT)
         command = [str(L2L_TRAIN), "eval", *p, "--checkpoint", str(checkpoint), "--prior", prior]
         for split in splits:
             command += ["--split", split]
@@ -560,7 +618,13 @@ def summarize(row: Row, results: list[dict]) -> dict[str, Any]:
         "label": row.label,
         "seeds": [r["seed"] for r in results],
         "paper_val_oIoU": PAPER_VAL_OIOU.get(row.name),
-        "val_oIoU_by_seed": {str(r["seed"]): r["eval"]["none"]["val"]["oIoU"] for r in results},
+        **{
+            f"{split}_oIoU_by_seed": {
+                str(r["seed"]): r["eval"]["none"][split]["oIoU"] for r in results
+            }
+            for split in ("val", HELD_OUT)
+            if all(split in r["eval"]["none"] for r in results)
+        },
         **{name: mean_std(values) for name, values in figures.items()},
         # Per seed, per epoch: validation and the training figures (figure 9's curves). Runs
         # stored before these were recorded have validation only.
@@ -584,6 +648,7 @@ COLUMNS = (
     ("val mIoU", "val_mIoU_none", 100.0),
     ("test oIoU", "test_oIoU_none", 100.0),
     ("test mIoU", "test_mIoU_none", 100.0),
+    ("held-out oIoU", f"{HELD_OUT}_oIoU_none", 100.0),  # only with --held-out
     ("val oIoU (teacher prior)", "val_oIoU_teacher", 100.0),
     ("raw prior IoU", "raw_prior_iou", 100.0),
     ("fused prior IoU", "fused_prior_iou", 100.0),
@@ -595,11 +660,13 @@ COLUMNS = (
 
 
 def markdown_table(summaries: list[dict]) -> str:
-    header = ["row", "paper val oIoU", *(name for name, _, _ in COLUMNS)]
+    held_out = any(f"{HELD_OUT}_oIoU_none" in s for s in summaries)
+    columns = [c for c in COLUMNS if held_out or c[1] != f"{HELD_OUT}_oIoU_none"]
+    header = ["row", "paper val oIoU", *(name for name, _, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         cells = [s["label"], f"{s['paper_val_oIoU']:.2f}" if s["paper_val_oIoU"] else "–"]
-        for _, key, scale in COLUMNS:
+        for _, key, scale in columns:
             if key is None:
                 fg, bg = s.get("tau_fg"), s.get("tau_bg")
                 cells.append(f"{fg[0]:.2f} / {bg[0]:.2f}" if fg and bg else "–")
@@ -663,16 +730,17 @@ PAIRED = (
 )
 
 
-def paired_differences(summaries: list[dict]) -> list[dict[str, Any]]:
-    """Val oIoU of each :data:`PAIRED` row minus its reference's, seed by seed over the seeds
-    both have run (runs of one seed see their pairs in the same order), with their mean and
-    std."""
-    by_name = {s["row"]: s for s in summaries}
+def paired_differences(summaries: list[dict], split: str = "val") -> list[dict[str, Any]]:
+    """``split``'s oIoU of each :data:`PAIRED` row minus its reference's, seed by seed over the
+    seeds both have run (runs of one seed see their pairs in the same order), with their mean
+    and std (under the key ``val_oIoU_difference`` whatever the split)."""
+    key = f"{split}_oIoU_by_seed"
+    by_name = {s["row"]: s for s in summaries if key in s}
     paired = []
     for name, reference in PAIRED:
         if name not in by_name or reference not in by_name:
             continue
-        row, ref = by_name[name]["val_oIoU_by_seed"], by_name[reference]["val_oIoU_by_seed"]
+        row, ref = by_name[name][key], by_name[reference][key]
         seeds = [seed for seed in row if seed in ref]
         if not seeds:
             continue
@@ -689,13 +757,13 @@ def paired_differences(summaries: list[dict]) -> list[dict[str, Any]]:
     return paired
 
 
-def paired_table(pairs: list[dict[str, Any]], labels: dict[str, str]) -> str:
-    """:func:`paired_differences` as a markdown table (points of val oIoU), rows named by
-    ``labels``; empty when there is no pair."""
+def paired_table(pairs: list[dict[str, Any]], labels: dict[str, str], split: str = "val") -> str:
+    """:func:`paired_differences` as a markdown table (points of ``split``'s oIoU), rows named
+    by ``labels``; empty when there is no pair."""
     if not pairs:
         return ""
     lines = [
-        "val oIoU differences, paired by seed:",
+        f"{split} oIoU differences, paired by seed:",
         "",
         "| row | minus | seeds | per seed | mean ± std | seeds above |",
         "|---|---|---|---|---|---|",
@@ -824,6 +892,13 @@ def label_budgets(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
+def held_out_percent(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"a percentage in (0, 100), got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -870,6 +945,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "percentages of train images labelled, on partitions drawn with split.seed",
     )
     parser.add_argument(
+        "--held-out",
+        type=held_out_percent,
+        metavar="PCT",
+        help="hold this percentage of the train images out of training (split.holdout_ratio, "
+        "drawn after params.yaml's labelled images, which stay) and score every run on them "
+        "too (split held_out): figures to tune on that are not val's",
+    )
+    parser.add_argument(
         "--teacher-eval",
         action="store_true",
         help="also score the SESM rows with the teacher prior as input (needs val/test priors)",
@@ -910,7 +993,12 @@ def main(argv: list[str] | None = None) -> None:
     if sweep and any(row.full_labels for row in rows):
         full = [row.name for row in rows if row.full_labels]
         raise SystemExit(f"--label-budgets: {full} train on every label; leave them out of --rows")
+    if sweep and args.held_out is not None:
+        raise SystemExit("--held-out and --label-budgets: one at a time")
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    held_out = None
+    if args.held_out is not None:
+        held_out = SplitConfig(**base["split"] | {"holdout_ratio": args.held_out / 100})
     setup = Setup(
         work=args.work,
         data=args.data or benchmark_data(args.work, args.synthetic),
@@ -919,6 +1007,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher_eval=args.teacher_eval,
         split_seed=base["split"]["seed"],
         threads=run_threads(args.jobs),
+        held_out=held_out,
     )
     data = str(args.data) if args.data else {"synthetic": args.synthetic}
     if sweep:
@@ -953,7 +1042,7 @@ def row_results(
     rows without any left out."""
     if report_only:
         for row in rows:
-            results = [finished(setup.work, row, seed, setup.labels) for seed in seeds]
+            results = [finished(setup, row, seed) for seed in seeds]
             if any(r is not None for r in results):
                 yield row, [r for r in results if r is not None]
         return
@@ -1019,8 +1108,11 @@ def write_outputs(out: Path, budget: Budget, data: Any, summaries: list[dict]) -
         "paired": paired_differences(summaries),
     }
     labels = {s["row"]: s["label"] for s in summaries}
-    paired = paired_table(payload["paired"], labels)
-    sections = (markdown_table(summaries), paired, curves_tables(summaries))
+    paired = [paired_table(payload["paired"], labels)]
+    if any(f"{HELD_OUT}_oIoU_by_seed" in s for s in summaries):
+        payload[f"paired_{HELD_OUT}"] = paired_differences(summaries, HELD_OUT)
+        paired.append(paired_table(payload[f"paired_{HELD_OUT}"], labels, HELD_OUT))
+    sections = (markdown_table(summaries), *paired, curves_tables(summaries))
     write_payload(out, payload, "\n\n".join(section for section in sections if section))
 
 

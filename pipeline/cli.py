@@ -39,7 +39,7 @@ log = logging.getLogger("l2l")
 PriorSplitOption = Annotated[
     str | None,
     typer.Option(
-        help="labeled / unlabeled (partition roles), train, an eval split (val, test, "
+        help="labeled / unlabeled / held_out (partition roles), train, an eval split (val, test, "
         "testA, ...) or all (every eval split). Default: every split in priors.splits."
     ),
 ]
@@ -153,8 +153,9 @@ def skip_summary(skipped: list[tuple[str, str]]) -> list[tuple[str, int, str]]:
 
 @app.command()
 def split(params: ParamsOption = Path("params.yaml")) -> None:
-    """Partition the train split into labelled/unlabelled images at ``split.labeled_ratio``
-    (data/manifests/partition.parquet); prints images, refs and pairs per role."""
+    """Partition the train split into labelled/unlabelled images at ``split.labeled_ratio``,
+    and held-out ones at ``split.holdout_ratio`` (data/manifests/partition.parquet); prints
+    images, refs and pairs per role."""
     from pipeline.datasets.manifest import read_manifest
     from pipeline.split import partition, role_counts, write_partition
 
@@ -164,7 +165,8 @@ def split(params: ParamsOption = Path("params.yaml")) -> None:
     write_partition(part, cfg.paths.partition)
     counts = role_counts(manifest, part)
     _print_table(
-        f"labeled_ratio={cfg.split.labeled_ratio} seed={cfg.split.seed} -> {cfg.paths.partition}",
+        f"labeled_ratio={cfg.split.labeled_ratio} holdout_ratio={cfg.split.holdout_ratio} "
+        f"seed={cfg.split.seed} -> {cfg.paths.partition}",
         ["role", "images", "refs", "pairs"],
         [[role, c.images, c.refs, c.pairs] for role, c in counts.items()],
     )

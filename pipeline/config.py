@@ -158,6 +158,16 @@ class DataConfig:
 class SplitConfig:
     labeled_ratio: float = bounded(0.05, 0.0, 1.0, lo_open=True, hi_open=True)
     seed: int = 22
+    # Train images in neither role, scored as split `held_out`: data to tune on that is not
+    # val or test. Drawn after the labelled images, which it leaves as they are.
+    holdout_ratio: float = bounded(0.0, 0.0, 1.0, hi_open=True)
+
+    def __post_init__(self) -> None:
+        if self.labeled_ratio + self.holdout_ratio >= 1.0:
+            raise ConfigError(
+                f"labeled_ratio ({self.labeled_ratio:g}) + holdout_ratio "
+                f"({self.holdout_ratio:g}) must stay below 1: some images must be unlabelled"
+            )
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ def pair_keys(pairs: list[dict], image_hashes: list[str], t_hash: str) -> list[s
 
 # ----------------------------------------------------------------------------- pairs
 
-ROLE_SPLITS = ("labeled", "unlabeled")  # the partition's roles, selectable like splits
+# The partition's roles, selectable like splits: held_out pairs are trained on by no role.
+ROLE_SPLITS = ("labeled", "unlabeled", "held_out")
 
 
 def labeled_images(image_ids: np.ndarray, cfg: SplitConfig) -> np.ndarray:
@@ -215,8 +216,22 @@ def labeled_images(image_ids: np.ndarray, cfg: SplitConfig) -> np.ndarray:
     return np.sort(rng.choice(unique, size=n_labeled, replace=False))
 
 
+def held_out_images(image_ids: np.ndarray, cfg: SplitConfig) -> np.ndarray:
+    """The sorted image ids withheld from training: ``round(cfg.holdout_ratio * n)`` (at
+    least one when the ratio is above 0) of the unique ids in ``image_ids`` that
+    :func:`labeled_images` leaves, drawn by a generator of their own (seeded ``(cfg.seed,
+    1)``), so the labelled images are the same with a held-out part as without one."""
+    if cfg.holdout_ratio == 0:
+        return np.empty(0, dtype=np.asarray(image_ids).dtype)
+    unique = np.unique(image_ids)
+    rest = np.setdiff1d(unique, labeled_images(image_ids, cfg))
+    n_held = min(len(rest), max(1, round(cfg.holdout_ratio * len(unique))))
+    rng = np.random.default_rng((cfg.seed, 1))
+    return np.sort(rng.choice(rest, size=n_held, replace=False))
+
+
 def select_pairs(manifest: pa.Table, split: str, partition: pa.Table | None = None) -> pa.Table:
-    """The manifest rows of ``split``: a partition role (labeled/unlabeled, which needs the
+    """The manifest rows of ``split``: a partition role (labeled/unlabeled/held_out, which needs the
     ``partition`` table of sample_id, role) or a dataset split (train/val/test/testA/...)."""
     if split in ROLE_SPLITS:
         if partition is None:

@@ -3,8 +3,10 @@
 The unit of the partition is the *image*: all pairs on one image share a role, so a labelled
 and an unlabelled expression never describe the same picture. The labelled images are a
 seeded sample of ``max(1, round(ratio * n_images))`` train images, so even 0.1 % of a small
-set labels one image. The output is sorted and written with fixed Parquet options, so the
-same seed and manifest give the same file byte for byte.
+set labels one image. ``split.holdout_ratio`` withholds a further sample of the other images
+from training (role ``held_out``), a part of train to tune on instead of val. The output is
+sorted and written with fixed Parquet options, so the same seed and manifest give the same
+file byte for byte.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import SplitConfig
-from pipeline.contract import ROLE_SPLITS, labeled_images
+from pipeline.contract import ROLE_SPLITS, held_out_images, labeled_images
 from pipeline.tables import write_table_atomic
 
 PARTITION_SCHEMA = pa.schema([("sample_id", pa.string()), ("role", pa.string())])
@@ -36,8 +38,15 @@ def partition(manifest: pa.Table, cfg: SplitConfig) -> pa.Table:
     if train.num_rows == 0:
         raise ValueError("the manifest has no 'train' rows to partition")
     image_ids = train["image_id"].to_numpy()
-    is_labeled = np.isin(image_ids, labeled_images(image_ids, cfg))
-    roles = np.where(is_labeled, ROLE_SPLITS[0], ROLE_SPLITS[1])
+    labeled, unlabeled, held_out = ROLE_SPLITS
+    roles = np.full(len(image_ids), unlabeled, dtype=object)
+    roles[np.isin(image_ids, labeled_images(image_ids, cfg))] = labeled
+    roles[np.isin(image_ids, held_out_images(image_ids, cfg))] = held_out
+    if cfg.holdout_ratio > 0 and unlabeled not in roles:
+        raise ValueError(
+            f"split.holdout_ratio {cfg.holdout_ratio:g} leaves no unlabelled train image "
+            f"of {len(np.unique(image_ids))}"
+        )
     table = pa.table(
         {"sample_id": train["sample_id"], "role": pa.array(roles)}, schema=PARTITION_SCHEMA
     )

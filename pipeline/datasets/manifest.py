@@ -112,12 +112,12 @@ def read_manifest(path: str | Path) -> pa.Table:
 
 
 def read_partition(path: str | Path) -> pa.Table:
-    """The image-level labelled/unlabelled partition: sample_id, role (``pipeline.split``)."""
+    """The image-level partition of train: sample_id, role (``pipeline.split``)."""
     return read_table(path, "partition", "l2l-priors split")
 
 
 def read_pairs(paths: PathsConfig, split: str) -> pa.Table:
-    """The manifest rows of ``split``, a partition role (labeled/unlabeled) or a dataset
+    """The manifest rows of ``split``, a partition role (labeled/unlabeled/held_out) or a dataset
     split (train/val/test/testA/...); see :func:`pipeline.contract.select_pairs`."""
     manifest = read_manifest(paths.samples)
     partition = read_partition(paths.partition) if split in ROLE_SPLITS else None

@@ -163,6 +163,89 @@ def test_budget_folders_asked_for_at_once_are_built_once(ablation, trainer_works
     assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def roles_by_image(folder: Path) -> dict[str, set[int]]:
+    from pipeline.datasets.manifest import read_manifest, read_partition
+
+    joined = read_manifest(folder / "samples.parquet").join(
+        read_partition(folder / "partition.parquet"), "sample_id", join_type="inner"
+    )
+    roles: dict[str, set[int]] = {}
+    for row in joined.select(["image_id", "role"]).to_pylist():
+        roles.setdefault(row["role"], set()).add(row["image_id"])
+    return roles
+
+
+def test_held_out_partition_keeps_the_labelled_images_and_the_100_row_holds_out_the_same(
+    ablation, trainer_workspace, tmp_path
+):
+    """The workspace's partition labels 25 % of its 16 train images (4); --held-out 25 holds
+    out 4 of the other 12, as split.holdout_ratio draws them; the 100 % row labels the other
+    12. A held-out config whose labelled draw is not the data folder's is refused."""
+    from pipeline.config import SplitConfig
+    from pipeline.contract import held_out_images
+    from pipeline.datasets.manifest import read_manifest
+
+    data = linked_data(tmp_path, trainer_workspace)
+    cfg = SplitConfig(labeled_ratio=0.25, seed=22, holdout_ratio=0.25)
+    manifest = read_manifest(data / "manifests" / "samples.parquet")
+    train_ids = manifest.filter(pc.equal(manifest["split"], "train"))["image_id"].to_numpy()
+    expected = set(held_out_images(train_ids, cfg).tolist())
+
+    five = roles_by_image(ablation.manifests_folder(data, None, 22, cfg))
+    assert five["labeled"] == labelled_images(data / "manifests")
+    assert five["held_out"] == expected and len(expected) == 4
+    assert len(five["unlabeled"]) == 8 and not five["unlabeled"] & expected
+    full = roles_by_image(ablation.manifests_folder(data, 100, 22, cfg))
+    assert full == {"labeled": set(train_ids.tolist()) - expected, "held_out": expected}
+    assert ablation.manifests_folder(data, None, 22, cfg).name == "manifests_5_heldout25"
+    counts = ablation.label_counts(ablation.manifests_folder(data, None, 22, cfg))
+    assert counts["held_out_pairs"] == sum(int(i in expected) for i in train_ids)
+    assert counts["train_images"] == 12
+
+    (tmp_path / "other").mkdir()
+    other_data = linked_data(tmp_path / "other", trainer_workspace)
+    other = SplitConfig(labeled_ratio=0.5, seed=22, holdout_ratio=0.25)
+    with pytest.raises(SystemExit, match=r"is not the partition of split\.labeled_ratio 0\.5"):
+        ablation.manifests_folder(other_data, None, 22, other)
+
+
+def test_held_out_runs_live_apart_and_report_a_held_out_column(ablation, tmp_path):
+    from pipeline.config import SplitConfig
+
+    rows = {r.name: r for r in ablation.ROWS}
+    cfg = SplitConfig(labeled_ratio=0.05, seed=22, holdout_ratio=0.1)
+    folder = ablation.run_folder(tmp_path, rows["full"], 23, held_out=cfg)
+    assert folder == tmp_path / "full" / "heldout10" / "seed23"
+
+    def with_held_out(row: str, seed: int, val: float, held: float) -> dict:
+        result = fake_result(row, seed, val)
+        result["eval"]["none"]["held_out"] = {"oIoU": held, "mIoU": held}
+        return result
+
+    summaries = [
+        ablation.summarize(rows["fixed_fusion"], [with_held_out("fixed_fusion", 22, 0.5, 0.4)]),
+        ablation.summarize(rows["full"], [with_held_out("full", 22, 0.6, 0.45)]),
+    ]
+    assert summaries[1]["held_out_oIoU_by_seed"] == {"22": 0.45}
+    header = ablation.markdown_table(summaries).splitlines()[0]
+    assert "| test mIoU | held-out oIoU | val oIoU (teacher prior) |" in header
+    pairs = ablation.paired_differences(summaries, "held_out")
+    assert [(p["row"], p["differences"]) for p in pairs] == [("full", pytest.approx([0.05]))]
+    table = ablation.paired_table(pairs, {s["row"]: s["label"] for s in summaries}, "held_out")
+    assert table.splitlines()[0] == "held_out oIoU differences, paired by seed:"
+    plain = [ablation.summarize(rows["full"], [fake_result("full", 22, 0.6)])]
+    assert "held-out" not in ablation.markdown_table(plain)
+    assert ablation.paired_differences(plain, "held_out") == []
+
+
+def test_held_out_refuses_a_label_budget_sweep_and_a_bad_percentage(ablation, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="one at a time"):
+        ablation.main(["--held-out", "10", "--label-budgets", "5", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--held-out", "100"])
+    assert "a percentage in (0, 100), got 100" in capsys.readouterr().err
+
+
 def budget_setup(ablation, workspace: Path, data: Path, labels: float) -> object:
     budget = ablation.Budget(
         epochs=1, steps_per_epoch=2, image_size=64, batch_size_x=2, batch_size_u=2, lr=1e-3

@@ -40,7 +40,7 @@ REFCOCO = {"dataset": "refcoco", "split_by": "unc"}
             REFCOCO,
             {"splits": ["val", "test"]},
             "eval.splits[1]: 'test' is not a split of refcoco (unc), which defines val, testA, "
-            "testB (and train; roles labeled, unlabeled); eval.splits: [all] scores every one",
+            "testB (and train; roles labeled, unlabeled, held_out); eval.splits: [all] scores every one",
         ),
         (
             {"dataset": "refcocog", "split_by": "umd"},

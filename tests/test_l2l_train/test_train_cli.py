@@ -129,6 +129,40 @@ def test_eval_writes_metrics_per_split_and_prior_mode(trained):
 
 
 @pytest.mark.slow
+def test_eval_scores_the_held_out_part_of_train(trained, tmp_path):
+    """``split.holdout_ratio`` 0.25: `l2l-priors split` gives 4 of the workspace's 16 train
+    images the role held_out (the labelled images stay), and `eval --split held_out` scores
+    exactly their pairs."""
+    from pipeline.cli import app as pipeline_app
+    from pipeline.datasets.manifest import read_partition
+
+    source = Path(params_dict(trained)["paths"]["manifests"])
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "samples.parquet").symlink_to(source / "samples.parquet")
+    params = write_params(
+        tmp_path,
+        params_dict(trained),
+        split={"holdout_ratio": 0.25},
+        paths={"manifests": str(manifests), "metrics": str(tmp_path / "metrics")},
+    )
+    split = runner.invoke(pipeline_app, ["split", "--params", str(params)])
+    assert split.exit_code == 0 and "held_out" in split.output, split.output
+    roles = read_partition(manifests / "partition.parquet").to_pydict()
+    own = read_partition(source / "partition.parquet").to_pydict()
+
+    def ids(table: dict, role: str) -> list[str]:
+        return [s for s, r in zip(table["sample_id"], table["role"], strict=True) if r == role]
+
+    assert ids(roles, "labeled") == ids(own, "labeled")
+    held_out = ids(roles, "held_out")
+    assert held_out and set(held_out) < set(ids(own, "unlabeled"))
+    out = tmp_path / "held_out.json"
+    invoke("eval", "--params", params, "--split", "held_out", "--out", out)
+    assert json.loads(out.read_text())["splits"]["held_out"]["pairs"] == len(held_out)
+
+
+@pytest.mark.slow
 def test_figures_draws_every_picture_of_an_l2l_run(trained, tmp_path):
     from l2l_train.checkpoint import load_checkpoint
     from l2l_train.figures import FIGURES, QUALITY_CURVES

@@ -45,7 +45,7 @@ def test_repo_params_load_in_both_packages():
         ({"split": {"seed": True}}, "split.seed: expected an int, got True"),
         (
             {"split": {"ratio": 0.1}},
-            "split.ratio: unknown key (expected one of: labeled_ratio, seed)",
+            "split.ratio: unknown key (expected one of: labeled_ratio, seed, holdout_ratio)",
         ),
         (
             {"data": {"dataset": "coco"}},
