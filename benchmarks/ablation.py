@@ -120,6 +120,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work" / "ablation"
 RESULTS = ROOT / "benchmarks" / "results"
 L2L_TRAIN = Path(sys.executable).parent / "l2l-train"
+HELD_OUT = "held_out"  # the partition role of --held-out's train images (a split to eval)
 
 PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (appendix A.1,
     # weak-to-strong self-training without the MLLM) is our fixmatch row
@@ -145,7 +146,6 @@ PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (ap
     "no_cons": 65.36,
     "no_cov": 65.95,
 }
-HELD_OUT = "held_out"  # the partition role of --held-out's train images (a split to eval)
 PAPER_FIG9 = {"raw_prior_iou": 68.48, "fused_prior_iou_first": 73.19, "fused_prior_iou_last": 91.10}
 
 
@@ -364,7 +364,7 @@ def fill_manifests_folder(
                 " (params.yaml's); rerun `l2l-priors split` on the data folder"
             )
         if labels == 100:
-            kept = pc.if_else(pc.equal(part["role"], "held_out"), "held_out", "labeled")
+            kept = pc.if_else(pc.equal(part["role"], HELD_OUT), HELD_OUT, "labeled")
             part = part.set_column(1, "role", kept)
         write_partition(part, partition)
         return

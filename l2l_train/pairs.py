@@ -257,9 +257,10 @@ def pair_source(
     rows: pa.Table | None = None,
     cache_mb: int = 0,
 ) -> PairSource:
-    """The pairs of ``selection``: a partition role (labeled / unlabeled) or a dataset split
-    (val, test, testA, ...), with their priors from ``store`` where it holds them; ``rows``:
-    these manifest rows of it instead (a part, e.g. tuned_fusion's held-out labelled pairs);
+    """The pairs of ``selection``: a partition role (labeled / unlabeled / held_out) or a
+    dataset split (val, test, testA, ...), with their priors from ``store`` where it holds
+    them; ``rows``: these manifest rows of it instead (a part, e.g. tuned_fusion's held-out
+    labelled pairs);
     ``cache_mb``: :class:`PairSource`'s in-memory budget per process.
 
     ``require_priors``: the selection is meant to have priors (unlabelled pairs of a method

@@ -318,7 +318,10 @@ def import_priors(
         ),
     ],
     split: Annotated[
-        str, typer.Option(help="labeled / unlabeled, train, or an eval split (val, test, ...).")
+        str,
+        typer.Option(
+            help="labeled / unlabeled / held_out, train, or an eval split (val, test, ...)."
+        ),
     ] = "unlabeled",
     params: ParamsOption = Path("params.yaml"),
 ) -> None:

@@ -231,8 +231,9 @@ def held_out_images(image_ids: np.ndarray, cfg: SplitConfig) -> np.ndarray:
 
 
 def select_pairs(manifest: pa.Table, split: str, partition: pa.Table | None = None) -> pa.Table:
-    """The manifest rows of ``split``: a partition role (labeled/unlabeled/held_out, which needs the
-    ``partition`` table of sample_id, role) or a dataset split (train/val/test/testA/...)."""
+    """The manifest rows of ``split``: a partition role (labeled/unlabeled/held_out, which
+    needs the ``partition`` table of sample_id, role) or a dataset split
+    (train/val/test/testA/...)."""
     if split in ROLE_SPLITS:
         if partition is None:
             raise ValueError(f"split {split!r} is a partition role: pass the partition")
