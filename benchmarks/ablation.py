@@ -115,6 +115,7 @@ import yaml
 from common import _merge
 
 from pipeline.config import SplitConfig
+from pipeline.schema import build_section
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work" / "ablation"
@@ -733,7 +734,7 @@ PAIRED = (
 def paired_differences(summaries: list[dict], split: str = "val") -> list[dict[str, Any]]:
     """``split``'s oIoU of each :data:`PAIRED` row minus its reference's, seed by seed over the
     seeds both have run (runs of one seed see their pairs in the same order), with their mean
-    and std (under the key ``val_oIoU_difference`` whatever the split)."""
+    and std (``<split>_oIoU_difference``)."""
     key = f"{split}_oIoU_by_seed"
     by_name = {s["row"]: s for s in summaries if key in s}
     paired = []
@@ -751,7 +752,7 @@ def paired_differences(summaries: list[dict], split: str = "val") -> list[dict[s
                 "reference": reference,
                 "seeds": seeds,
                 "differences": differences,
-                "val_oIoU_difference": mean_std(differences),
+                f"{split}_oIoU_difference": mean_std(differences),
             }
         )
     return paired
@@ -771,7 +772,7 @@ def paired_table(pairs: list[dict[str, Any]], labels: dict[str, str], split: str
     for pair in pairs:
         differences = pair["differences"]
         per_seed = " / ".join(f"{100 * d:+.1f}" for d in differences)
-        mean, std = pair["val_oIoU_difference"]
+        mean, std = pair[f"{split}_oIoU_difference"]
         spread = f"{100 * mean:+.1f}" + (f" ± {100 * std:.1f}" if len(differences) > 1 else "")
         above = sum(d > 0 for d in differences)
         lines.append(
@@ -998,7 +999,8 @@ def main(argv: list[str] | None = None) -> None:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     held_out = None
     if args.held_out is not None:
-        held_out = SplitConfig(**base["split"] | {"holdout_ratio": args.held_out / 100})
+        raw = base["split"] | {"holdout_ratio": args.held_out / 100}
+        held_out = build_section(SplitConfig, raw, "split")
     setup = Setup(
         work=args.work,
         data=args.data or benchmark_data(args.work, args.synthetic),

@@ -231,6 +231,7 @@ def test_held_out_runs_live_apart_and_report_a_held_out_column(ablation, tmp_pat
     assert "| test mIoU | held-out oIoU | val oIoU (teacher prior) |" in header
     pairs = ablation.paired_differences(summaries, "held_out")
     assert [(p["row"], p["differences"]) for p in pairs] == [("full", pytest.approx([0.05]))]
+    assert pairs[0]["held_out_oIoU_difference"] == (pytest.approx(0.05), 0.0)
     table = ablation.paired_table(pairs, {s["row"]: s["label"] for s in summaries}, "held_out")
     assert table.splitlines()[0] == "held_out oIoU differences, paired by seed:"
     plain = [ablation.summarize(rows["full"], [fake_result("full", 22, 0.6)])]
