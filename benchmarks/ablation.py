@@ -43,6 +43,9 @@ Those eight rows are the group ``table3`` and the default of ``--rows``. The oth
   ``gating_structural`` (``dynamic`` is ``full``);
 - ``table5`` (full L2L, stages whose structural stream is cross-attention; ``[3, 4]`` is
   ``full``): ``xattn_none`` ``[]``, ``xattn_4``, ``xattn_234``, ``xattn_1234``, ``xattn_12``;
+- ``table6`` (full L2L, SPM's weight coefficients ``(bA, bq, bu)``; ``(0.40, 0.25, 0.20)`` is
+  ``full``): ``spm_a25_q25_u20``, ``spm_a40_q40_u20``, ``spm_a40_q40_u40``,
+  ``spm_a40_q40_u60`` (``train.fusion.*``; tune them on ``--held-out`` pairs, not on val);
 - ``table7`` (full L2L, RPLE reward without one term): ``no_sep``, ``no_cons``, ``no_cov``,
   ``no_stab`` (``train.agent.lambda_*`` = 0).
 
@@ -52,7 +55,10 @@ that pass's map ahead of SPM's fusion of it with the prior). Two more test how t
 settle the pixels where ``p_w`` and the prior fall on opposite sides of 0.5 (there, SPM's
 logit fusion follows the surer source into a confident label, linear fusion leaves most
 inside the ignore band): ``spm_no_conflicts`` and ``fixed_no_conflicts``, ``spm`` and
-``fixed_fusion`` with ``train.ignore_conflicts: true``.
+``fixed_fusion`` with ``train.ignore_conflicts: true``. And ``spm_q40``, ``spm`` with
+Table 6's ``bq`` of 0.40 (``train.fusion.bq``; 0.25 by default): where both sources are sure
+and disagree, that weight moves SPM's fused logit from the student's side to the teacher's or
+into the ignore band.
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
@@ -146,6 +152,11 @@ PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (ap
     "no_sep": 66.35,
     "no_cons": 65.36,
     "no_cov": 65.95,
+    # Table 6: SPM's coefficients (b_A, b_q, b_u); (0.40, 0.25, 0.20) is the full row
+    "spm_a25_q25_u20": 66.92,
+    "spm_a40_q40_u20": 66.45,
+    "spm_a40_q40_u40": 65.96,
+    "spm_a40_q40_u60": 66.61,
 }
 PAPER_FIG9 = {"raw_prior_iou": 68.48, "fused_prior_iou_first": 73.19, "fused_prior_iou_last": 91.10}
 
@@ -175,6 +186,13 @@ def fixed_fusion_at(alpha: float) -> Row:
     name = f"fusion_a{str(alpha).replace('.', '')}"
     train = {"method": "fixed_fusion", "fusion": {"alpha": alpha}}
     return Row(name, f"fixed {alpha} fusion", train, sesm=False)
+
+
+def spm_coefficients(b_agree: float, b_prior: float, b_unsure: float) -> Row:
+    """Full L2L with SPM's weight coefficients ``(bA, bq, bu)`` (the paper's Table 6)."""
+    name = f"spm_a{round(100 * b_agree)}_q{round(100 * b_prior)}_u{round(100 * b_unsure)}"
+    label = f"full, SPM (bA, bq, bu) = ({b_agree}, {b_prior}, {b_unsure})"
+    return full_l2l(name, label, {"fusion": {"bA": b_agree, "bq": b_prior, "bu": b_unsure}})
 
 
 def cross_attention(name: str, stages: list[int]) -> Row:
@@ -212,6 +230,11 @@ ROWS = (
     cross_attention("xattn_234", [2, 3, 4]),
     cross_attention("xattn_1234", [1, 2, 3, 4]),
     cross_attention("xattn_12", [1, 2]),
+    # Table 6: SPM's coefficients, (0.40, 0.25, 0.20) being full's
+    spm_coefficients(0.25, 0.25, 0.20),
+    spm_coefficients(0.40, 0.40, 0.20),
+    spm_coefficients(0.40, 0.40, 0.40),
+    spm_coefficients(0.40, 0.40, 0.60),
     # Table 7: the RPLE reward without one term
     *(no_reward_term(term) for term in ("sep", "cons", "cov", "stab")),
     # Not in the paper: full L2L whose target is the weak pass itself (it sees the prior)
@@ -229,6 +252,14 @@ ROWS = (
         {"method": "fixed_fusion", "ignore_conflicts": True},
         sesm=False,
     ),
+    # Not in the paper: +SPM with Table 6's larger prior-certainty coefficient, which moves
+    # the conflicts that both sources are sure of to the teacher's side or into the ignore band
+    Row(
+        "spm_q40",
+        "+SPM, bq = 0.40",
+        {"method": "l2l", "spm": True, "rple": False, "fusion": {"bq": 0.40}},
+        sesm=False,
+    ),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
@@ -237,6 +268,7 @@ ROW_GROUPS = {
     "table14": ["fusion_a01", "fusion_a03", "fusion_a07", "fusion_a09"],
     "table4": [f"gating_{g}" for g in GATINGS],
     "table5": [r.name for r in ROWS if r.name.startswith("xattn_")],
+    "table6": [r.name for r in ROWS if r.name.startswith("spm_a")],
     "table7": [r.name for r in ROWS if r.name.startswith("no_")],
     "all": [r.name for r in ROWS],
 }
@@ -714,8 +746,9 @@ def curves_tables(summaries: list[dict]) -> str:
 
 
 # Each Table 3 row against the row it builds on, full L2L against the baselines that issue
-# 11's targets name (fixed fusion + 3 points, fixmatch + 8), and the conflict-ignoring rows
-# against the rows they change: (row, reference).
+# 11's targets name (fixed fusion + 3 points, fixmatch + 8), Table 6's SPM coefficients
+# against full's, and the conflict-ignoring rows against the rows they change:
+# (row, reference).
 PAIRED = (
     ("fixed_fusion", "fixmatch"),
     ("spm", "fixed_fusion"),
@@ -725,9 +758,12 @@ PAIRED = (
     ("full", "spm_rple"),
     ("full", "fixed_fusion"),
     ("full", "fixmatch"),
+    *((name, "full") for name in ROW_GROUPS["table6"]),
     ("spm_no_conflicts", "spm"),
     ("spm_no_conflicts", "fixed_fusion"),
     ("fixed_no_conflicts", "fixed_fusion"),
+    ("spm_q40", "spm"),
+    ("spm_q40", "fixed_fusion"),
 )
 
 

@@ -25,6 +25,7 @@ def ablation():
 ROW_NAMES = ["supervised", "fixmatch", "spm", "spm_sesm", "full", "tuned_fusion", "catm"]
 ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
 ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
+ROW_NAMES += ["spm_a40_q40_u60", "spm_q40"]
 
 
 def row_params(ablation, tmp_path, name):
@@ -80,6 +81,25 @@ def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
     assert agent.lambda_cons == 0.0 and agent.lambda_sep == base.train.agent.lambda_sep
     fusion = row_params(ablation, tmp_path / "d", "fusion_a03")[0].train.fusion
     assert fusion.alpha == 0.3 and fusion.bA == base.train.fusion.bA
+    spm = row_params(ablation, tmp_path / "e", "spm_a25_q25_u20")[0].train.fusion
+    assert (spm.bA, spm.bq, spm.bu) == (0.25, 0.25, 0.20)
+    assert (spm.b0, spm.alpha) == (base.train.fusion.b0, base.train.fusion.alpha)
+    spm_q40, row = row_params(ablation, tmp_path / "f", "spm_q40")[:2]
+    assert spm_q40.train.fusion.bq == 0.40 and spm_q40.train.fusion.bA == base.train.fusion.bA
+    assert not row.sesm and not spm_q40.train.rple
+
+
+def test_table6_rows_vary_spm_coefficients_around_full_and_pair_with_it(ablation):
+    base = load_trainer_params(BENCHMARKS.parent / "params.yaml").train.fusion
+    rows = ablation.selected_rows("table6")
+    coefficients = [(r.train["fusion"]["bA"], r.train["fusion"]["bq"]) for r in rows]
+    assert coefficients == [(0.25, 0.25), (0.40, 0.40), (0.40, 0.40), (0.40, 0.40)]
+    assert [r.train["fusion"]["bu"] for r in rows] == [0.20, 0.20, 0.40, 0.60]
+    # full is the paper's default setting, so it is the table's reference row
+    assert (base.bA, base.bq, base.bu) == (0.40, 0.25, 0.20)
+    assert all(r.sesm and r.train["spm"] and r.train["rple"] for r in rows)
+    assert all(r.name in ablation.PAPER_VAL_OIOU for r in rows)
+    assert {(r.name, "full") for r in rows} <= set(ablation.PAIRED)
 
 
 def test_rows_select_by_name_and_group(ablation):
