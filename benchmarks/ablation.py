@@ -191,7 +191,7 @@ def fixed_fusion_at(alpha: float) -> Row:
 def spm_coefficients(b_agree: float, b_prior: float, b_unsure: float) -> Row:
     """Full L2L with SPM's weight coefficients ``(bA, bq, bu)`` (the paper's Table 6)."""
     name = f"spm_a{round(100 * b_agree)}_q{round(100 * b_prior)}_u{round(100 * b_unsure)}"
-    label = f"full, SPM (bA, bq, bu) = ({b_agree}, {b_prior}, {b_unsure})"
+    label = f"full, SPM (bA, bq, bu) = ({b_agree:.2f}, {b_prior:.2f}, {b_unsure:.2f})"
     return full_l2l(name, label, {"fusion": {"bA": b_agree, "bq": b_prior, "bu": b_unsure}})
 
 
