@@ -178,6 +178,12 @@ def full_l2l(name: str, label: str, train: dict | None = None, sesm: dict | None
     return Row(name, label, _merge(base, train or {}), sesm=True, model=model)
 
 
+def spm_alone(name: str, label: str, train: dict | None = None) -> Row:
+    """A variant of the +SPM row (SPM on, RPLE and SESM off): extra ``train`` keys."""
+    base = {"method": "l2l", "spm": True, "rple": False}
+    return Row(name, label, _merge(base, train or {}), sesm=False)
+
+
 def no_reward_term(term: str) -> Row:
     return full_l2l(f"no_{term}", f"full, lambda_{term} = 0", {"agent": {f"lambda_{term}": 0.0}})
 
@@ -206,7 +212,7 @@ ROWS = (
     Row("supervised", "supervised (5 %)", {"method": "supervised"}, sesm=False),
     Row("fixmatch", "fixmatch", {"method": "fixmatch"}, sesm=False),
     Row("fixed_fusion", "fixed 0.5 fusion", {"method": "fixed_fusion"}, sesm=False),
-    Row("spm", "+SPM", {"method": "l2l", "spm": True, "rple": False}, sesm=False),
+    spm_alone("spm", "+SPM"),
     Row("spm_sesm", "+SPM+SESM", {"method": "l2l", "spm": True, "rple": False}, sesm=True),
     Row("spm_rple", "+SPM+RPLE", {"method": "l2l", "spm": True, "rple": True}, sesm=False),
     Row("full", "full L2L", {"method": "l2l", "spm": True, "rple": True}, sesm=True),
@@ -240,12 +246,7 @@ ROWS = (
     # Not in the paper: full L2L whose target is the weak pass itself (it sees the prior)
     full_l2l("sesm_rple", "+SESM+RPLE, q_hat = p_w", {"spm": False}),
     # Not in the paper: +SPM and fixed fusion, pixels where p_w and q conflict ignored
-    Row(
-        "spm_no_conflicts",
-        "+SPM, conflicts ignored",
-        {"method": "l2l", "spm": True, "rple": False, "ignore_conflicts": True},
-        sesm=False,
-    ),
+    spm_alone("spm_no_conflicts", "+SPM, conflicts ignored", {"ignore_conflicts": True}),
     Row(
         "fixed_no_conflicts",
         "fixed 0.5 fusion, conflicts ignored",
@@ -254,12 +255,7 @@ ROWS = (
     ),
     # Not in the paper: +SPM with Table 6's larger prior-certainty coefficient, which moves
     # the conflicts that both sources are sure of to the teacher's side or into the ignore band
-    Row(
-        "spm_q40",
-        "+SPM, bq = 0.40",
-        {"method": "l2l", "spm": True, "rple": False, "fusion": {"bq": 0.40}},
-        sesm=False,
-    ),
+    spm_alone("spm_q40", "+SPM, bq = 0.40", {"fusion": {"bq": 0.40}}),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
