@@ -87,9 +87,11 @@ labels every pair it does not hold out. It reads priors for the held-out pairs o
 Each (row, seed) runs as two subprocesses, ``l2l-train run`` and ``l2l-train eval``, on its
 own params file under ``benchmarks/work/ablation/<row>/seed<k>/`` (so each run's memory is
 freed and an interrupted run resumes from its ``latest.pt``); a run whose ``result.json``
-exists is skipped. The final checkpoint (``latest.pt``) is scored, with no prior as model
-input (and with the teacher's prior, ``--teacher-eval``, for the SESM rows). The prior and
-pseudo-label figures (the paper's figure 9) are the training metrics of the last epoch.
+exists is skipped, and one trained with other params than its row has now (a changed
+params.yaml, say) stops the benchmark, naming the keys. The final checkpoint
+(``latest.pt``) is scored, with no prior as model input (and with the teacher's prior,
+``--teacher-eval``, for the SESM rows). The prior and pseudo-label figures (the paper's
+figure 9) are the training metrics of the last epoch.
 
 The data folder's manifests, partition and prior store are read only: each row's
 ``paths.manifests`` is a folder of symlinks to them (the 100 % row gets its own partition,
@@ -563,9 +565,32 @@ def run_history(checkpoint: Path) -> list[dict[str, float]]:
 
 def finished(setup: Setup, row: Row, seed: int) -> dict | None:
     """The stored result of (row, seed) under ``setup``'s label budget and held-out part,
-    None when that run has not finished."""
-    path = RunPaths(run_folder(setup.work, row, seed, setup.labels, setup.held_out)).result
-    return json.loads(path.read_text()) if path.is_file() else None
+    None when that run has not finished. Exits, naming the keys, when the run was trained with
+    other params than the row has now (params.yaml, the row or the budget changed since): a
+    table must not mix such a run in, and skipping it would hide the change."""
+    paths = RunPaths(run_folder(setup.work, row, seed, setup.labels, setup.held_out))
+    if not paths.result.is_file():
+        return None
+    trained = yaml.safe_load(paths.params.read_text())
+    if changed := changed_params(trained, row_params(setup, row, seed, paths.folder)):
+        sys.exit(
+            f"{paths.folder} was trained with other params than {row.name} has now "
+            f"({'; '.join(changed)}): move the folder away to rerun it, or use another --work"
+        )
+    return json.loads(paths.result.read_text())
+
+
+def changed_params(trained: dict, current: dict) -> list[str]:
+    """``key: trained -> current`` for each dotted key whose value differs, paths aside (the
+    same run may be reached through another --data or --work spelling)."""
+    from l2l_train.checkpoint import flatten
+
+    before, after = flatten(trained), flatten(current)
+    return [
+        f"{key}: {before.get(key)} -> {after.get(key)}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key) and not key.startswith("paths.")
+    ]
 
 
 def run_row(setup: Setup, row: Row, seed: int) -> dict:
@@ -1013,14 +1038,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    budget = Budget(
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        image_size=args.image_size,
-        batch_size_x=args.batch_size_x,
-        batch_size_u=args.batch_size_u,
-        lr=args.lr,
-    )
     sweep = args.label_budgets is not None
     rows = selected_rows(args.rows or ("budget" if sweep else "table3"))
     if sweep and any(row.full_labels for row in rows):
@@ -1028,21 +1045,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--label-budgets: {full} train on every label; leave them out of --rows")
     if sweep and args.held_out is not None:
         raise SystemExit("--held-out and --label-budgets: one at a time")
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    held_out = None
-    if args.held_out is not None:
-        raw = base["split"] | {"holdout_ratio": args.held_out / 100}
-        held_out = build_section(SplitConfig, raw, "split")
-    setup = Setup(
-        work=args.work,
-        data=args.data or benchmark_data(args.work, args.synthetic),
-        budget=budget,
-        base=base,
-        teacher_eval=args.teacher_eval,
-        split_seed=base["split"]["seed"],
-        threads=run_threads(args.jobs),
-        held_out=held_out,
-    )
+    setup = build_setup(args)
     data = str(args.data) if args.data else {"synthetic": args.synthetic}
     if sweep:
         sweep_label_budgets(args, setup, rows, data)
@@ -1053,9 +1056,37 @@ def main(argv: list[str] | None = None) -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for row, results in row_results(pool, setup, rows, seeds, args.report_only):
             summaries.append(summarize(row, results))
-            write_outputs(out, budget, data, summaries)
+            write_outputs(out, setup.budget, data, summaries)
             print(f"{row.name}: done", flush=True)
     print(markdown_table(summaries))
+
+
+def build_setup(args: argparse.Namespace) -> Setup:
+    """What the invocation's runs share: its budget, the repository's params.yaml, the data
+    folder (built under --work when none is given) and the held-out part."""
+    budget = Budget(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        image_size=args.image_size,
+        batch_size_x=args.batch_size_x,
+        batch_size_u=args.batch_size_u,
+        lr=args.lr,
+    )
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    held_out = None
+    if args.held_out is not None:
+        raw = base["split"] | {"holdout_ratio": args.held_out / 100}
+        held_out = build_section(SplitConfig, raw, "split")
+    return Setup(
+        work=args.work,
+        data=args.data or benchmark_data(args.work, args.synthetic),
+        budget=budget,
+        base=base,
+        teacher_eval=args.teacher_eval,
+        split_seed=base["split"]["seed"],
+        threads=run_threads(args.jobs),
+        held_out=held_out,
+    )
 
 
 def run_threads(jobs: int) -> int | None:

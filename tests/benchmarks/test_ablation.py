@@ -319,24 +319,34 @@ def fake_result(row: str, seed: int, val: float) -> dict:
     }
 
 
+def finish_run(ablation, setup, row: str, seed: int, val: float) -> Path:
+    """A (row, seed) run folder as a finished run leaves it: its params and its result."""
+    named = {r.name: r for r in ablation.ROWS}[row]
+    folder = ablation.run_folder(setup.work, named, seed, setup.labels, setup.held_out)
+    folder.mkdir(parents=True)
+    params = ablation.row_params(setup, named, seed, folder)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / "result.json").write_text(json.dumps(fake_result(row, seed, val)))
+    return folder
+
+
 def test_report_only_writes_the_budget_json_table_and_figure(ablation, trainer_workspace, tmp_path):
     """At 25 %, the workspace's own partition, the sweep's points are the rows' own runs
     (<work>/<row>/seed<k>); at 12.5 % (2 of 16 images) they are the budget's runs."""
     data = linked_data(tmp_path, trainer_workspace)
     work, out = tmp_path / "work", tmp_path / "results" / "label_budget.json"
+    args = ["--label-budgets", "25,12.5", "--report-only", "--seeds", "2", "--epochs", "2"]
+    args += ["--work", str(work), "--data", str(data), "--out", str(out)]
+    setup = ablation.build_setup(ablation.parse_args(args))
     vals = {
         ("supervised", 12.5): [0.2, 0.3],
         ("supervised", None): [0.4],
         ("full", None): [0.5, 0.6],
     }
-    rows = {r.name: r for r in ablation.ROWS}
     for (row, labels), by_seed in vals.items():
         for k, val in enumerate(by_seed):
-            folder = ablation.run_folder(work, rows[row], 22 + k, labels)
-            folder.mkdir(parents=True)
-            (folder / "result.json").write_text(json.dumps(fake_result(row, 22 + k, val)))
-    args = ["--label-budgets", "25,12.5", "--report-only", "--seeds", "2", "--epochs", "2"]
-    ablation.main([*args, "--work", str(work), "--data", str(data), "--out", str(out)])
+            finish_run(ablation, replace(setup, labels=labels), row, 22 + k, val)
+    ablation.main(args)
 
     payload = json.loads(out.read_text())
     assert payload["label_budgets"] == [12.5, 25] and payload["budget"]["epochs"] == 2
@@ -357,6 +367,24 @@ def test_report_only_writes_the_budget_json_table_and_figure(ablation, trainer_w
     assert table[0] == "| row | 12.5 % | 25 % |"
     assert table[2] == "| supervised | 25.0 ± 7.1 | 40.0 |"
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_trained_with_other_params_stops_the_report(ablation, trainer_workspace, tmp_path):
+    """A finished run whose params differ from its row's now (params.yaml's SPM coefficient
+    changed since) is not tabulated as the row: the report stops and names the key."""
+    data = linked_data(tmp_path, trainer_workspace)
+    args = ["--report-only", "--rows", "full", "--work", str(tmp_path / "work")]
+    args += ["--data", str(data), "--out", str(tmp_path / "ablation.json")]
+    setup = ablation.build_setup(ablation.parse_args(args))
+    folder = finish_run(ablation, setup, "full", 22, 0.5)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    bq = params["train"]["fusion"]["bq"]
+    params["train"]["fusion"]["bq"] = bq + 0.15
+    params["paths"]["priors"] = "elsewhere/priors"  # paths may be spelt otherwise: not a change
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=rf"train\.fusion\.bq: {bq + 0.15} -> {bq}\)"):
+        ablation.main(args)
+    assert not (tmp_path / "ablation.json").exists()
 
 
 def test_curves_table_lists_each_rows_seeds_per_epoch(ablation):
