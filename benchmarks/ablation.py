@@ -1105,9 +1105,12 @@ def row_results(
     row comes: the runs not yet started are cancelled, those running finish first (each
     keeps its result.json, so a rerun skips them). ``report_only``: the finished runs only,
     rows without any left out."""
+    # Every finished run is checked against its row before any run is queued, so a stale one
+    # stops the benchmark at once, not after the runs queued before its row.
+    stored = {(row.name, seed): finished(setup, row, seed) for row in rows for seed in seeds}
     if report_only:
         for row in rows:
-            results = [finished(setup, row, seed) for seed in seeds]
+            results = [stored[row.name, seed] for seed in seeds]
             if any(r is not None for r in results):
                 yield row, [r for r in results if r is not None]
         return

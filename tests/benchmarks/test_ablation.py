@@ -369,9 +369,12 @@ def test_report_only_writes_the_budget_json_table_and_figure(ablation, trainer_w
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_run_trained_with_other_params_stops_the_report(ablation, trainer_workspace, tmp_path):
+def test_a_run_trained_with_other_params_stops_the_benchmark(
+    ablation, trainer_workspace, tmp_path, monkeypatch
+):
     """A finished run whose params differ from its row's now (params.yaml's SPM coefficient
-    changed since) is not tabulated as the row: the report stops and names the key."""
+    changed since) is neither tabulated nor skipped as the row's: the benchmark stops and
+    names the key."""
     data = linked_data(tmp_path, trainer_workspace)
     args = ["--report-only", "--rows", "full", "--work", str(tmp_path / "work")]
     args += ["--data", str(data), "--out", str(tmp_path / "ablation.json")]
@@ -382,9 +385,18 @@ def test_a_run_trained_with_other_params_stops_the_report(ablation, trainer_work
     params["train"]["fusion"]["bq"] = bq + 0.15
     params["paths"]["priors"] = "elsewhere/priors"  # paths may be spelt otherwise: not a change
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match=rf"train\.fusion\.bq: {bq + 0.15} -> {bq}\)"):
+    stale = rf"train\.fusion\.bq: {bq + 0.15} -> {bq}\)"
+    with pytest.raises(SystemExit, match=stale):
         ablation.main(args)
     assert not (tmp_path / "ablation.json").exists()
+
+    # Training too stops before any run starts, not when the stale run's row comes
+    started = []
+    monkeypatch.setattr(ablation, "run_row", lambda setup, row, seed: started.append(row.name))
+    args[args.index("full")] = "supervised,full"
+    with pytest.raises(SystemExit, match=stale):
+        ablation.main(args[1:])  # without --report-only
+    assert started == []
 
 
 def test_curves_table_lists_each_rows_seeds_per_epoch(ablation):
