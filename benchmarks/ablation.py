@@ -583,14 +583,11 @@ def finished(setup: Setup, row: Row, seed: int) -> dict | None:
 def changed_params(trained: dict, current: dict) -> list[str]:
     """``key: trained -> current`` for each dotted key whose value differs, paths aside (the
     same run may be reached through another --data or --work spelling)."""
-    from l2l_train.checkpoint import flatten
+    from l2l_train.checkpoint import config_differences, flatten
 
     before, after = flatten(trained), flatten(current)
-    return [
-        f"{key}: {before.get(key)} -> {after.get(key)}"
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key) != after.get(key) and not key.startswith("paths.")
-    ]
+    differing = config_differences(trained, current, ignore=("paths",))
+    return [f"{key}: {before.get(key)} -> {after.get(key)}" for key in differing]
 
 
 def run_row(setup: Setup, row: Row, seed: int) -> dict:
