@@ -1,6 +1,7 @@
 """Where a fused prior's pixels come from: the student, the teacher, or neither.
 
     .venv/bin/python benchmarks/fusion_sources.py RUN [RUN ...] [--pairs 512] [--threads 1]
+        [--pairs-from unlabeled] [--calibrate]
 
 RUN is a folder holding a run's ``params.yaml``, whose ``paths.models`` holds its
 checkpoints: a run ``ablation.py`` left, e.g. ``benchmarks/work/ablation_2x/spm/seed22``,
@@ -22,6 +23,14 @@ The pairs are the first ``--pairs`` visits of the run's unlabelled stream that h
 teacher prior and a ground truth (the run's seed sets the order, so runs of one seed see the
 same pairs); ``p_w`` is the run's weak pass (with the prior as input where the run's
 ``train.weak_sees_prior`` and SESM give it one). Writes ``benchmarks/results/fusion_sources.json``.
+
+``--pairs-from held_out`` draws them from another selection of the run's data the same way:
+a partition role (``held_out``: pairs no run trained on) or an evaluation split. It also
+scores runs that never read the teacher (``supervised``, ``fixmatch``): their ``p_w`` is
+their own prediction with the prior absent, as they trained, fused with the teacher's stored
+prior under the run's SPM coefficients. That asks whether SPM's fused prior would clear the
+raw one by more with a stronger student, e.g. one trained on every label for long, scored on
+pairs it never saw.
 """
 
 from __future__ import annotations
@@ -47,12 +56,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run folders (params.yaml, models/)")
     parser.add_argument("--checkpoint", default="latest.pt", help="file under each run's models/")
-    parser.add_argument("--pairs", type=int, default=512, help="unlabelled pairs per run")
+    parser.add_argument("--pairs", type=int, default=512, help="pairs scored per run")
+    parser.add_argument(
+        "--pairs-from",
+        default="unlabeled",
+        help="the run's pairs to score: a partition role (unlabeled, held_out) or an "
+        "evaluation split (val, test); they need the teacher's priors in the run's store",
+    )
     parser.add_argument(
         "--calibrate",
         action="store_true",
         help="also fuse a temperature-scaled p_w with SPM, the temperature fitted on the "
-        "next --pairs unlabelled pairs (their ground truth; not val or test)",
+        "next --pairs pairs of --pairs-from (their ground truth)",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
@@ -118,7 +133,7 @@ def fit_temperature(p: Tensor, gt: Tensor, eps: float) -> float:
     import torch.nn.functional as F
 
     if p.numel() == 0:
-        raise SystemExit("--calibrate: no unlabelled pairs left to fit the temperature on")
+        raise SystemExit("--calibrate: no pairs left to fit the temperature on")
     logits = clamped_logit(p[:, 0].double(), eps).flatten()
     target = gt.double().flatten()
     losses = [F.binary_cross_entropy_with_logits(logits / t, target) for t in TEMPERATURES]
@@ -211,10 +226,19 @@ class SourceCounts:
         }
 
 
+def as_trained(train_u: dict[str, Any], reads_teacher: bool) -> dict[str, Any]:
+    """The weak pass's batch as the run saw such pairs in training: a run that never read
+    the teacher (``MethodPlan.teacher`` false) saw every prior absent, so its ``p_w`` must
+    not be conditioned on one; the stored prior stays in ``prior_u`` for the fusions."""
+    if reads_teacher:
+        return train_u
+    return train_u | {"prior_present_u": torch.zeros_like(train_u["prior_present_u"])}
+
+
 @torch.no_grad()
 def weak_pass_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> dict[str, Tensor]:
     """``p_w``, ``q``, the run's own ``q_hat``, ground truth and ignore-band widths of the
-    first ``pairs`` unlabelled visits that have a prior and a ground truth, in stream order."""
+    first ``pairs`` visits of ``data_u`` that have a prior and a ground truth, in stream order."""
     from l2l_train.data import split_eval_only, train_loader
     from l2l_train.targets import TARGET_STRATEGIES, band_in_input_frame
 
@@ -227,7 +251,7 @@ def weak_pass_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> di
         keep &= keep.cumsum(0) <= pairs - found
         if not keep.any():
             continue
-        p_w = student.weak_probability(train_u)[keep]
+        p_w = student.weak_probability(as_trained(train_u, student.plan.teacher))[keep]
         q = train_u["prior_u"][keep].float()
         present = torch.ones(q.shape[0], dtype=torch.bool)
         parts.append(
@@ -245,7 +269,7 @@ def weak_pass_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> di
         if found >= pairs:
             break
     if found == 0:
-        raise SystemExit("no unlabelled pair with a teacher prior and a ground truth")
+        raise SystemExit("no pair with a teacher prior and a ground truth to score")
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -263,12 +287,31 @@ def count_sources(
     return counts
 
 
+def scored_pairs(params: Any, student: Any, image_size: int, selection: str) -> Any:
+    """The pairs of ``selection`` (a partition role or an evaluation split) with their
+    stored teacher priors, drawn as the run's unlabelled stream draws its pairs (its seed
+    and augmentation; ``unlabeled``: that very stream)."""
+    from l2l_train.data import UnlabeledPairs
+    from l2l_train.pairs import open_teacher_store, pair_source
+
+    store = open_teacher_store(params)
+    source = pair_source(
+        params, selection, student.tokenizer, image_size, store, require_priors=True
+    )
+    return UnlabeledPairs(source, student.cfg.seed, student.cfg.augment)
+
+
 def score_run(
-    run: Path, checkpoint_name: str, pairs: int, batch_size: int, calibrate: bool
+    run: Path,
+    checkpoint_name: str,
+    pairs: int,
+    batch_size: int,
+    calibrate: bool,
+    selection: str = "unlabeled",
 ) -> dict[str, Any]:
     from l2l_train.checkpoint import load_checkpoint
     from l2l_train.config import load_trainer_params
-    from l2l_train.figures import student_from_checkpoint, unlabeled_pairs
+    from l2l_train.figures import student_from_checkpoint
 
     if not (run / "params.yaml").is_file():
         raise SystemExit(
@@ -281,9 +324,7 @@ def score_run(
         raise SystemExit(f"{run}: no checkpoint {checkpoint} (train the run first)")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     student, image_size = student_from_checkpoint(ckpt, torch.device("cpu"))
-    if not student.plan.teacher:
-        raise SystemExit(f"{checkpoint}: method {student.cfg.method} reads no teacher prior")
-    data_u = unlabeled_pairs(params, student, image_size)
+    data_u = scored_pairs(params, student, image_size, selection)
     fusion = student.cfg.fusion
     maps = weak_pass_maps(student, data_u, 2 * pairs if calibrate else pairs, batch_size)
     temperature = None
@@ -296,6 +337,7 @@ def score_run(
     return {
         "run": str(run),
         "checkpoint": str(checkpoint),
+        "pairs_from": selection,
         "step": ckpt["step"],
         "method": train.method,
         "spm": train.spm,
@@ -317,7 +359,8 @@ def row_name(run: dict[str, Any]) -> str:
         parts += ["sesm"] if run["sesm"] else []
         parts += ["rple"] if run["rple"] else []
     parts += ["no_conflicts"] if run.get("ignore_conflicts") else []
-    return "+".join(parts)
+    pairs_from = run.get("pairs_from", "unlabeled")
+    return "+".join(parts) + ("" if pairs_from == "unlabeled" else f" on {pairs_from}")
 
 
 def markdown_table(runs: list[dict[str, Any]], columns: list[tuple[str, Any]]) -> str:
@@ -373,7 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     runs = [
-        score_run(run, args.checkpoint, args.pairs, args.batch_size, args.calibrate)
+        score_run(
+            run, args.checkpoint, args.pairs, args.batch_size, args.calibrate, args.pairs_from
+        )
         for run in args.runs
     ]
     table = markdown(runs)

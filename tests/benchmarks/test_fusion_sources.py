@@ -117,3 +117,50 @@ def test_row_names_tell_the_switches_apart(fusion_sources):
         fusion_sources.row_name(run("fixed_fusion", ignore_conflicts=True))
         == "fixed_fusion+no_conflicts"
     )
+    assert fusion_sources.row_name(run("supervised") | {"pairs_from": "held_out"}) == (
+        "supervised on held_out"
+    )
+
+
+def test_a_run_that_never_read_the_teacher_sees_every_prior_absent(fusion_sources):
+    """Its weak pass gets the batch as it trained (no prior); the stored prior stays in the
+    batch for the fusions, and the batch the loader made is not changed."""
+    batch = {"prior_u": torch.rand(2, 1, 4, 4), "prior_present_u": torch.tensor([True, False])}
+    assert fusion_sources.as_trained(batch, reads_teacher=True) is batch
+    seen = fusion_sources.as_trained(batch, reads_teacher=False)
+    assert seen["prior_present_u"].tolist() == [False, False]
+    assert seen["prior_u"] is batch["prior_u"]
+    assert batch["prior_present_u"].tolist() == [True, False]
+
+
+@pytest.mark.slow
+def test_a_supervised_run_is_scored_on_pairs_it_never_trained_on(
+    fusion_sources, trainer_workspace, tmp_path
+):
+    """A supervised run (no teacher) scored on val: its own target is its prediction, so
+    "own" is "student"; every fusion is scored on the same pairs."""
+    import json
+
+    from trainer_workspace import variant
+
+    from l2l_train.config import load_trainer_params
+    from l2l_train.loop import run_training
+
+    params = variant(trainer_workspace, tmp_path, train={"method": "supervised"})
+    run_training(load_trainer_params(params))
+    out = tmp_path / "fusion.json"
+    # main() sets torch's threads: keep the suite's (later tests compare runs bitwise).
+    threads = str(torch.get_num_threads())
+    fusion_sources.main(
+        [
+            str(tmp_path),
+            *("--pairs-from", "val", "--pairs", "3", "--batch-size", "2"),
+            *("--checkpoint", "best.pt", "--out", str(out), "--threads", threads),
+        ]
+    )
+    (run,) = json.loads(out.read_text())["runs"]
+    assert (run["method"], run["pairs_from"], run["pairs"]) == ("supervised", "val", 3)
+    fusions = run["fusions"]
+    assert fusions["own"] == fusions["student"]
+    assert fusions["oracle"]["oIoU"] >= max(fusions["student"]["oIoU"], 0.0)
+    assert "supervised on val" in json.loads(out.read_text())["table"]
