@@ -30,7 +30,9 @@ scores runs that never read the teacher (``supervised``, ``fixmatch``): their ``
 their own prediction with the prior absent, as they trained, fused with the teacher's stored
 prior under the run's SPM coefficients. That asks whether SPM's fused prior would clear the
 raw one by more with a stronger student, e.g. one trained on every label for long, scored on
-pairs it never saw.
+pairs it never saw. ``--student-alone`` takes ``p_w`` without the prior from any run (a
+run's student as it is evaluated, where its weak pass would see the prior): the input
+swapped, the weights held.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="unlabeled",
         help="the run's pairs to score: a partition role (unlabeled, held_out) or an "
         "evaluation split (val, test); they need the teacher's priors in the run's store",
+    )
+    parser.add_argument(
+        "--student-alone",
+        action="store_true",
+        help="p_w without the prior as input, as the student is evaluated, also for runs "
+        "whose weak pass sees it (train.weak_sees_prior with SESM)",
     )
     parser.add_argument(
         "--calibrate",
@@ -226,19 +234,23 @@ class SourceCounts:
         }
 
 
-def as_trained(train_u: dict[str, Any], reads_teacher: bool) -> dict[str, Any]:
-    """The weak pass's batch as the run saw such pairs in training: a run that never read
-    the teacher (``MethodPlan.teacher`` false) saw every prior absent, so its ``p_w`` must
-    not be conditioned on one; the stored prior stays in ``prior_u`` for the fusions."""
-    if reads_teacher:
+def weak_pass_batch(train_u: dict[str, Any], sees_prior: bool) -> dict[str, Any]:
+    """The weak pass's batch. Without ``sees_prior`` every prior is marked absent, so
+    ``p_w`` is the student's own prediction, as it is evaluated: how a run that never read
+    the teacher trained, and what ``--student-alone`` asks of any run. The stored prior
+    stays in ``prior_u`` for the fusions, and ``train_u`` itself is not changed."""
+    if sees_prior:
         return train_u
     return train_u | {"prior_present_u": torch.zeros_like(train_u["prior_present_u"])}
 
 
 @torch.no_grad()
-def weak_pass_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> dict[str, Tensor]:
-    """``p_w``, ``q``, the run's own ``q_hat``, ground truth and ignore-band widths of the
-    first ``pairs`` visits of ``data_u`` that have a prior and a ground truth, in stream order."""
+def weak_pass_maps(
+    student: Any, data_u: Any, pairs: int, batch_size: int, sees_prior: bool
+) -> dict[str, Tensor]:
+    """``p_w`` (conditioned on the prior where ``sees_prior``: :func:`weak_pass_batch`),
+    ``q``, the run's own target from them, ground truth and ignore-band widths of the first
+    ``pairs`` visits of ``data_u`` that have a prior and a ground truth, in stream order."""
     from l2l_train.data import split_eval_only, train_loader
     from l2l_train.targets import TARGET_STRATEGIES, band_in_input_frame
 
@@ -251,7 +263,7 @@ def weak_pass_maps(student: Any, data_u: Any, pairs: int, batch_size: int) -> di
         keep &= keep.cumsum(0) <= pairs - found
         if not keep.any():
             continue
-        p_w = student.weak_probability(as_trained(train_u, student.plan.teacher))[keep]
+        p_w = student.weak_probability(weak_pass_batch(train_u, sees_prior))[keep]
         q = train_u["prior_u"][keep].float()
         present = torch.ones(q.shape[0], dtype=torch.bool)
         parts.append(
@@ -308,6 +320,7 @@ def score_run(
     batch_size: int,
     calibrate: bool,
     selection: str = "unlabeled",
+    student_alone: bool = False,
 ) -> dict[str, Any]:
     from l2l_train.checkpoint import load_checkpoint
     from l2l_train.config import load_trainer_params
@@ -326,7 +339,11 @@ def score_run(
     student, image_size = student_from_checkpoint(ckpt, torch.device("cpu"))
     data_u = scored_pairs(params, student, image_size, selection)
     fusion = student.cfg.fusion
-    maps = weak_pass_maps(student, data_u, 2 * pairs if calibrate else pairs, batch_size)
+    # A run that never read the teacher trained its weak pass without a prior.
+    sees_prior = student.plan.teacher and not student_alone
+    maps = weak_pass_maps(
+        student, data_u, 2 * pairs if calibrate else pairs, batch_size, sees_prior
+    )
     temperature = None
     if calibrate:  # fitted on the pairs after the scored ones: held out of the scoring
         held_out = maps["p_w"][pairs:], maps["gt"][pairs:]
@@ -338,6 +355,8 @@ def score_run(
         "run": str(run),
         "checkpoint": str(checkpoint),
         "pairs_from": selection,
+        "reads_teacher": student.plan.teacher,
+        "student_alone": not sees_prior,
         "step": ckpt["step"],
         "method": train.method,
         "spm": train.spm,
@@ -359,8 +378,11 @@ def row_name(run: dict[str, Any]) -> str:
         parts += ["sesm"] if run["sesm"] else []
         parts += ["rple"] if run["rple"] else []
     parts += ["no_conflicts"] if run.get("ignore_conflicts") else []
+    name = "+".join(parts)
+    if run.get("student_alone") and run.get("reads_teacher", True):
+        name += ", p_w alone"  # a run without the teacher has no other p_w
     pairs_from = run.get("pairs_from", "unlabeled")
-    return "+".join(parts) + ("" if pairs_from == "unlabeled" else f" on {pairs_from}")
+    return name + ("" if pairs_from == "unlabeled" else f" on {pairs_from}")
 
 
 def markdown_table(runs: list[dict[str, Any]], columns: list[tuple[str, Any]]) -> str:
@@ -417,7 +439,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     runs = [
         score_run(
-            run, args.checkpoint, args.pairs, args.batch_size, args.calibrate, args.pairs_from
+            run,
+            args.checkpoint,
+            args.pairs,
+            args.batch_size,
+            args.calibrate,
+            args.pairs_from,
+            args.student_alone,
         )
         for run in args.runs
     ]

@@ -117,17 +117,20 @@ def test_row_names_tell_the_switches_apart(fusion_sources):
         fusion_sources.row_name(run("fixed_fusion", ignore_conflicts=True))
         == "fixed_fusion+no_conflicts"
     )
-    assert fusion_sources.row_name(run("supervised") | {"pairs_from": "held_out"}) == (
+    supervised = run("supervised") | {"reads_teacher": False, "student_alone": True}
+    assert fusion_sources.row_name(supervised | {"pairs_from": "held_out"}) == (
         "supervised on held_out"
     )
+    alone = run(sesm=True, rple=True) | {"reads_teacher": True, "student_alone": True}
+    assert fusion_sources.row_name(alone) == "spm+sesm+rple, p_w alone"
 
 
-def test_a_run_that_never_read_the_teacher_sees_every_prior_absent(fusion_sources):
-    """Its weak pass gets the batch as it trained (no prior); the stored prior stays in the
-    batch for the fusions, and the batch the loader made is not changed."""
+def test_a_weak_pass_without_the_prior_sees_every_prior_absent(fusion_sources):
+    """As a run that never read the teacher trained (and --student-alone): the stored prior
+    stays in the batch for the fusions, and the batch the loader made is not changed."""
     batch = {"prior_u": torch.rand(2, 1, 4, 4), "prior_present_u": torch.tensor([True, False])}
-    assert fusion_sources.as_trained(batch, reads_teacher=True) is batch
-    seen = fusion_sources.as_trained(batch, reads_teacher=False)
+    assert fusion_sources.weak_pass_batch(batch, sees_prior=True) is batch
+    seen = fusion_sources.weak_pass_batch(batch, sees_prior=False)
     assert seen["prior_present_u"].tolist() == [False, False]
     assert seen["prior_u"] is batch["prior_u"]
     assert batch["prior_present_u"].tolist() == [True, False]
@@ -160,6 +163,7 @@ def test_a_supervised_run_is_scored_on_pairs_it_never_trained_on(
     )
     (run,) = json.loads(out.read_text())["runs"]
     assert (run["method"], run["pairs_from"], run["pairs"]) == ("supervised", "val", 3)
+    assert run["student_alone"] and not run["reads_teacher"]
     fusions = run["fusions"]
     assert fusions["own"] == fusions["student"]
     assert fusions["oracle"]["oIoU"] >= max(fusions["student"]["oIoU"], 0.0)
