@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,8 +192,16 @@ class SourceCounts:
         self._add("sources", "disagree", disagree)
         w = prior_weight(p_w, q, agreement(p_w, q, fusion.eps), fusion)[:, 0]
         self._add("sources", "spm_weight", w[disagree])
-        self._add("sources", "student_margin", logit_margin(p_w, fusion.eps)[disagree])
-        self._add("sources", "teacher_margin", logit_margin(q, fusion.eps)[disagree])
+        student_margin = logit_margin(p_w, fusion.eps)
+        teacher_margin = logit_margin(q, fusion.eps)
+        self._add("sources", "student_margin", student_margin[disagree])
+        self._add("sources", "teacher_margin", teacher_margin[disagree])
+        # Can a source's certainty tell its right disagreements from its wrong ones? On a
+        # disagreeing pixel exactly one of the two is right.
+        student_right = disagree & (student_side == gt)
+        self._add("sources", "student_right", student_right)
+        self._add("sources", "student_margin_right", student_margin[student_right])
+        self._add("sources", "teacher_margin_wrong", teacher_margin[student_right])
         thresholds = static_thresholds(gt.shape[0], *STATIC_THRESHOLDS)
         for name, probability in maps.items():
             hard = binarize(probability)
@@ -205,7 +214,8 @@ class SourceCounts:
     def summary(self) -> dict[str, Any]:
         """Shares in percent (of all pixels, of the pixels where the sources disagree, of
         the selected labels); SPM's weight and the margins as means over the disagreeing
-        pixels."""
+        pixels, the margins also over those where the source is right and where it is
+        wrong (nan where there are none)."""
         sources = {k[1]: v for k, v in self.sums.items() if k[0] == "sources"}
         pixels, disagree = sources["pixels"], sources["disagree"]
 
@@ -222,7 +232,22 @@ class SourceCounts:
                 "label_accuracy": 100 * quality["accuracy"],
             }
 
+        def mean(total: float, count: float) -> float:
+            return total / count if count else math.nan
+
         fusions = {name: fusion(name) for name in self.iou}
+        right = sources["student_right"]
+        student_margin, teacher_margin = sources["student_margin"], sources["teacher_margin"]
+        margins = {
+            "student_logit_margin_where_right": mean(sources["student_margin_right"], right),
+            "student_logit_margin_where_wrong": mean(
+                student_margin - sources["student_margin_right"], disagree - right
+            ),
+            "teacher_logit_margin_where_right": mean(
+                teacher_margin - sources["teacher_margin_wrong"], disagree - right
+            ),
+            "teacher_logit_margin_where_wrong": mean(sources["teacher_margin_wrong"], right),
+        }
         return {
             "pairs": self.pairs,
             "disagreement_share": 100 * disagree / pixels,
@@ -230,6 +255,7 @@ class SourceCounts:
             "spm_prior_weight_on_disagreement": sources["spm_weight"] / disagree,
             "student_logit_margin_on_disagreement": sources["student_margin"] / disagree,
             "teacher_logit_margin_on_disagreement": sources["teacher_margin"] / disagree,
+            **margins,
             "fusions": fusions,
         }
 
@@ -415,6 +441,11 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         ("|logit p_w|", lambda r: r["student_logit_margin_on_disagreement"]),
         ("|logit q|", lambda r: r["teacher_logit_margin_on_disagreement"]),
     ]
+    for source, name in (("p_w", "student"), ("q", "teacher")):
+        sources += [
+            (f"|logit {source}| {side}", lambda r, k=f"{name}_logit_margin_where_{side}": r[k])
+            for side in ("right", "wrong")
+        ]
     calibrated = all(r["temperature"] is not None for r in runs)
     if calibrated:
         sources.append(("temperature", lambda r: r["temperature"]))

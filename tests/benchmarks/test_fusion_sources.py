@@ -55,6 +55,12 @@ def test_one_pair_where_the_student_and_the_teacher_are_each_right_once(fusion_s
     teacher_margin = (logit(0.7) - logit(0.25)) / 2
     assert result["student_logit_margin_on_disagreement"] == pytest.approx(student_margin)
     assert result["teacher_logit_margin_on_disagreement"] == pytest.approx(teacher_margin)
+    # p_w is right on pixel 1 (0.8, |logit| ln 4) and wrong on 2 (0.25, ln 3); q the reverse
+    # (0.7 right, ln 7/3; 0.25 wrong, ln 3).
+    assert result["student_logit_margin_where_right"] == pytest.approx(math.log(4))
+    assert result["student_logit_margin_where_wrong"] == pytest.approx(math.log(3))
+    assert result["teacher_logit_margin_where_right"] == pytest.approx(math.log(7 / 3))
+    assert result["teacher_logit_margin_where_wrong"] == pytest.approx(math.log(3))
 
     fusions = result["fusions"]
     # SPM and linear (0.925, 0.525, 0.475, 0.1) both side with p_w, right once: predicted
@@ -167,4 +173,5 @@ def test_a_supervised_run_is_scored_on_pairs_it_never_trained_on(
     fusions = run["fusions"]
     assert fusions["own"] == fusions["student"]
     assert fusions["oracle"]["oIoU"] >= max(fusions["student"]["oIoU"], 0.0)
+    assert "|logit p_w| wrong" in json.loads(out.read_text())["table"]
     assert "supervised on val" in json.loads(out.read_text())["table"]
