@@ -325,20 +325,6 @@ def count_sources(
     return counts
 
 
-def scored_pairs(params: Any, student: Any, image_size: int, selection: str) -> Any:
-    """The pairs of ``selection`` (a partition role or an evaluation split) with their
-    stored teacher priors, drawn as the run's unlabelled stream draws its pairs (its seed
-    and augmentation; ``unlabeled``: that very stream)."""
-    from l2l_train.data import UnlabeledPairs
-    from l2l_train.pairs import open_teacher_store, pair_source
-
-    store = open_teacher_store(params)
-    source = pair_source(
-        params, selection, student.tokenizer, image_size, store, require_priors=True
-    )
-    return UnlabeledPairs(source, student.cfg.seed, student.cfg.augment)
-
-
 def score_run(
     run: Path,
     checkpoint_name: str,
@@ -350,7 +336,7 @@ def score_run(
 ) -> dict[str, Any]:
     from l2l_train.checkpoint import load_checkpoint
     from l2l_train.config import load_trainer_params
-    from l2l_train.figures import student_from_checkpoint
+    from l2l_train.figures import student_from_checkpoint, unlabeled_pairs
 
     if not (run / "params.yaml").is_file():
         raise SystemExit(
@@ -363,7 +349,7 @@ def score_run(
         raise SystemExit(f"{run}: no checkpoint {checkpoint} (train the run first)")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     student, image_size = student_from_checkpoint(ckpt, torch.device("cpu"))
-    data_u = scored_pairs(params, student, image_size, selection)
+    data_u = unlabeled_pairs(params, student, image_size, selection)
     fusion = student.cfg.fusion
     # A run that never read the teacher trained its weak pass without a prior.
     sees_prior = student.plan.teacher and not student_alone

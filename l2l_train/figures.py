@@ -122,12 +122,15 @@ def student_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> tuple
     return student, image_size
 
 
-def unlabeled_pairs(params: TrainerParams, student: Student, image_size: int) -> UnlabeledPairs:
+def unlabeled_pairs(
+    params: TrainerParams, student: Student, image_size: int, selection: str = "unlabeled"
+) -> UnlabeledPairs:
     """The student's unlabelled training stream with its teacher priors from ``paths.priors``,
-    in its run's seed and augmentation."""
+    in its run's seed and augmentation; ``selection`` (a partition role or an evaluation
+    split, e.g. ``held_out``): that selection's pairs drawn the same way instead."""
     store = open_teacher_store(params)
     source = pair_source(
-        params, "unlabeled", student.tokenizer, image_size, store, require_priors=True
+        params, selection, student.tokenizer, image_size, store, require_priors=True
     )
     return UnlabeledPairs(source, student.cfg.seed, student.cfg.augment)
 

@@ -167,11 +167,12 @@ def test_a_supervised_run_is_scored_on_pairs_it_never_trained_on(
             *("--checkpoint", "best.pt", "--out", str(out), "--threads", threads),
         ]
     )
-    (run,) = json.loads(out.read_text())["runs"]
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
     assert (run["method"], run["pairs_from"], run["pairs"]) == ("supervised", "val", 3)
     assert run["student_alone"] and not run["reads_teacher"]
     fusions = run["fusions"]
     assert fusions["own"] == fusions["student"]
     assert fusions["oracle"]["oIoU"] >= max(fusions["student"]["oIoU"], 0.0)
-    assert "|logit p_w| wrong" in json.loads(out.read_text())["table"]
-    assert "supervised on val" in json.loads(out.read_text())["table"]
+    assert "|logit p_w| wrong" in result["table"]
+    assert "supervised on val" in result["table"]
