@@ -58,7 +58,11 @@ inside the ignore band): ``spm_no_conflicts`` and ``fixed_no_conflicts``, ``spm`
 ``fixed_fusion`` with ``train.ignore_conflicts: true``. And ``spm_q40``, ``spm`` with
 Table 6's ``bq`` of 0.40 (``train.fusion.bq``; 0.25 by default): where both sources are sure
 and disagree, that weight moves SPM's fused logit from the student's side to the teacher's or
-into the ignore band.
+into the ignore band. Two ask why full L2L's student is as sure where it is wrong as where it
+is right (``fusion_sources.py``): ``no_dice``, full L2L without the Dice term on the
+pseudo-labels (``train.loss.lambda_dice: 0``), and ``fusion_a00``, fixed fusion at
+``alpha`` 0, whose pseudo-labels are the teacher's alone, with no prediction of the student's
+fed back into them.
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
@@ -258,6 +262,12 @@ ROWS = (
     # Not in the paper: +SPM with Table 6's larger prior-certainty coefficient, which moves
     # the conflicts that both sources are sure of to the teacher's side or into the ignore band
     spm_alone("spm_q40", "+SPM, bq = 0.40", {"fusion": {"bq": 0.40}}),
+    # Not in the paper: full L2L without the Dice term on the pseudo-labels' foreground, which
+    # pushes every selected pixel to a sure probability, wrong referents included
+    full_l2l("no_dice", "full, lambda_dice = 0", {"loss": {"lambda_dice": 0.0}}),
+    # Not in the paper: the teacher's labels alone as pseudo-labels (q_hat = q), so a student
+    # that learns from its teacher without its own predictions fed back through the fusion
+    fixed_fusion_at(0.0),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
@@ -782,6 +792,7 @@ PAIRED = (
     ("fixed_no_conflicts", "fixed_fusion"),
     ("spm_q40", "spm"),
     ("spm_q40", "fixed_fusion"),
+    ("no_dice", "full"),
 )
 
 
