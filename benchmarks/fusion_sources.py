@@ -375,6 +375,8 @@ def score_run(
         "rple": train.rple,
         "sesm": ckpt["config"]["model"]["sesm"]["enabled"],
         "ignore_conflicts": train.ignore_conflicts,
+        "alpha": train.fusion.alpha,
+        "lambda_dice": train.loss.lambda_dice,
         "seed": train.seed,
         "temperature": temperature,
         **counts.summary(),
@@ -382,14 +384,23 @@ def score_run(
 
 
 def row_name(run: dict[str, Any]) -> str:
-    """The run's method and switches, e.g. ``spm+sesm+rple``, ``fixed_fusion+no_conflicts``.
-    The counts score each fusion's labels without ``train.ignore_conflicts``' mask."""
+    """The run's method and switches, e.g. ``spm+sesm+rple``, ``fixed_fusion+no_conflicts``,
+    ``fixed_fusion+alpha_0.0`` (a linear fusion's ``alpha`` and the Dice weight are named
+    where they are not params.yaml's defaults, so runs that differ there are not averaged
+    into one row). The counts score each fusion's labels without ``train.ignore_conflicts``'
+    mask."""
+    from l2l_train.config import FusionConfig, LossConfig
+
     parts = [run["method"]]
     if run["method"] == "l2l":
         parts = ["spm" if run["spm"] else "no_spm"]
         parts += ["sesm"] if run["sesm"] else []
         parts += ["rple"] if run["rple"] else []
+    elif run.get("alpha", FusionConfig.alpha) != FusionConfig.alpha:
+        parts.append(f"alpha_{run['alpha']}")
     parts += ["no_conflicts"] if run.get("ignore_conflicts") else []
+    if run.get("lambda_dice", LossConfig.lambda_dice) != LossConfig.lambda_dice:
+        parts.append(f"dice_{run['lambda_dice']}")
     name = "+".join(parts)
     if run.get("student_alone") and run.get("reads_teacher", True):
         name += ", p_w alone"  # a run without the teacher has no other p_w

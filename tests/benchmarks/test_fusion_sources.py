@@ -129,6 +129,12 @@ def test_row_names_tell_the_switches_apart(fusion_sources):
     )
     alone = run(sesm=True, rple=True) | {"reads_teacher": True, "student_alone": True}
     assert fusion_sources.row_name(alone) == "spm+sesm+rple, p_w alone"
+    # settings off params.yaml's defaults name their own rows (ablation.py's fusion_a00, no_dice)
+    assert fusion_sources.row_name(run("fixed_fusion") | {"alpha": 0.5}) == "fixed_fusion"
+    teacher_only = run("fixed_fusion") | {"alpha": 0.0}
+    assert fusion_sources.row_name(teacher_only) == "fixed_fusion+alpha_0.0"
+    no_dice = run(sesm=True, rple=True) | {"alpha": 0.0, "lambda_dice": 0.0}
+    assert fusion_sources.row_name(no_dice) == "spm+sesm+rple+dice_0.0"
 
 
 def test_a_weak_pass_without_the_prior_sees_every_prior_absent(fusion_sources):
