@@ -31,7 +31,9 @@ where each one's predictions land (``landing``): on the referent, on another of 
 shapes (a wrong choice: e.g. a rank counted wrong) or on the background (no shape found).
 
 Writes ``benchmarks/results/learning[_<tag>].json``. Data: ``--data`` (a pipeline data folder
-with manifests/ and priors/), default a workspace built once under ``--work``.
+with manifests/ and priors/), default a workspace built once under ``--work``. ``--work`` is
+left a run folder of the trained model (``params.yaml``, ``models/latest.pt``) that
+``fusion_sources.py``, ``--checkpoint`` and ``l2l-train eval`` read.
 """
 
 from __future__ import annotations
@@ -357,12 +359,19 @@ def main(argv: list[str] | None = None) -> None:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     # The data folder's own dataset, teacher and paths: its priors are stored under its teacher.
     data_folder = yaml.safe_load(data_params.read_text())
+    # A supervised run of its own: its model goes under --work, not the data folder's models.
+    paths = {**data_folder["paths"], "models": str(args.work / "models")}
     merged = _merge(
         base,
         {
             "model": args.model,
-            "train": args.train,
-            **{section: data_folder[section] for section in ("data", "priors", "paths")},
+            "train": {
+                "method": "supervised",
+                **args.train,
+                **{"image_size": args.image_size, "lr": args.lr, "batch_size_x": args.batch_size},
+            },
+            **{section: data_folder[section] for section in ("data", "priors")},
+            "paths": paths,
         },
     )
     params_path = args.work / "params.yaml"
@@ -467,8 +476,18 @@ def main(argv: list[str] | None = None) -> None:
         "samples_per_s": args.steps * args.batch_size / train_s,
         "curve": curve,
     }
-    torch.save(model.state_dict(), args.work / "model.pt")  # for a closer look by hand
+    save_run(model, params, args.steps)
     write_result(out, result)
+
+
+def save_run(model: torch.nn.Module, params: Any, steps: int) -> None:
+    """The trained model as ``l2l-train run`` leaves a checkpoint (weights, step, config), at
+    ``paths.models/latest.pt``; the run's ``params.yaml`` already lies beside it."""
+    from l2l_train.checkpoint import save_checkpoint
+    from pipeline.config import to_dict
+
+    state = {"model": model.state_dict(), "step": steps, "config": to_dict(params)}
+    save_checkpoint(Path(params.paths.models) / "latest.pt", state)
 
 
 if __name__ == "__main__":

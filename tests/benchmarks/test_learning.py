@@ -21,7 +21,7 @@ def test_curve_kinds_text_swap_and_teacher_scores(learning, trainer_workspace, t
         [
             *("--data", str(workspace), "--work", str(tmp_path / "work"), "--out", str(out)),
             *("--labels", "5", "--prior", "teacher", "--steps", "2", "--eval-every", "1"),
-            *("--batch-size", "2", "--per-image", "2"),
+            *("--batch-size", "2", "--per-image", "2", "--image-size", "32"),
             *("--model", "{visual: {embed_dim: 8, path: null}, decoder_dim: 16}"),
         ]
     )
@@ -37,6 +37,18 @@ def test_curve_kinds_text_swap_and_teacher_scores(learning, trainer_workspace, t
             swap = scores["text_swap"]
             assert swap["pairs"] > 0 and 0 <= swap["moves"] <= 1 and 0 <= swap["own_target"] <= 1
     assert result["train_pairs"] > 0 and result["val_pairs"] > 0
+    # --work is left a run folder whose checkpoint loads as l2l-train's do
+    from l2l_train.checkpoint import load_checkpoint
+    from l2l_train.config import load_trainer_params
+    from l2l_train.evaluate import model_from_checkpoint
+
+    params = load_trainer_params(tmp_path / "work" / "params.yaml")
+    assert params.paths.models == str(tmp_path / "work" / "models")
+    ckpt = load_checkpoint(tmp_path / "work" / "models" / "latest.pt", map_location="cpu")
+    assert ckpt["step"] == 2 and ckpt["config"]["train"]["method"] == "supervised"
+    model, _, image_size = model_from_checkpoint(ckpt)
+    assert image_size == params.train.image_size == 32  # the size it trained at
+    assert model.state_dict().keys() == ckpt["model"].keys()
 
 
 def test_same_image_rows_draw_different_referents_of_one_image(learning):
