@@ -387,8 +387,8 @@ def row_name(run: dict[str, Any]) -> str:
     """The run's method and switches, e.g. ``spm+sesm+rple``, ``fixed_fusion+no_conflicts``,
     ``fixed_fusion+alpha_0.0`` (a linear fusion's ``alpha`` and the Dice weight are named
     where they are not the config's defaults, which params.yaml keeps, so runs that differ
-    there are not averaged into one row). The counts score each fusion's labels without ``train.ignore_conflicts``'
-    mask."""
+    there are not averaged into one row). The counts score each fusion's labels without
+    ``train.ignore_conflicts``' mask."""
     from l2l_train.config import FusionConfig, LossConfig
 
     parts = [run["method"]]

@@ -368,7 +368,9 @@ def main(argv: list[str] | None = None) -> None:
             "train": {
                 "method": "supervised",
                 **args.train,
-                **{"image_size": args.image_size, "lr": args.lr, "batch_size_x": args.batch_size},
+                "image_size": args.image_size,
+                "lr": args.lr,
+                "batch_size_x": args.batch_size,
             },
             **{section: data_folder[section] for section in ("data", "priors")},
             "paths": paths,
