@@ -62,7 +62,8 @@ into the ignore band. Two ask why full L2L's student is as sure where it is wron
 is right (``fusion_sources.py``): ``no_dice``, full L2L without the Dice term on the
 pseudo-labels (``train.loss.lambda_dice: 0``), and ``fusion_a00``, fixed fusion at
 ``alpha`` 0, whose pseudo-labels are the teacher's alone, with no prediction of the student's
-fed back into them.
+fed back into them. ``actor_delay``: full L2L whose RPLE actor first moves the thresholds
+after 150 critic updates (``train.agent.actor_delay``), so not along an untrained critic.
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
@@ -269,6 +270,9 @@ ROWS = (
     # Not in the paper: the teacher's labels alone as pseudo-labels (q_hat = q), so a student
     # that learns from its teacher without its own predictions fed back through the fusion
     fixed_fusion_at(0.0),
+    # Not in the paper: full L2L whose actor first moves the thresholds after the critic's
+    # first epoch of updates (150), not while the critic still has its random init's slope
+    full_l2l("actor_delay", "full, actor after 150 updates", {"agent": {"actor_delay": 150}}),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
@@ -796,6 +800,7 @@ PAIRED = (
     ("no_dice", "full"),
     ("fusion_a00", "full"),
     ("fusion_a00", "fixed_fusion"),
+    ("actor_delay", "full"),
 )
 
 

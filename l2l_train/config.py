@@ -156,6 +156,8 @@ class AgentConfig:
     soft_update_tau: float = bounded(0.01, 0.0, 1.0, lo_open=True)
     buffer_size: int = bounded(10_000, 1)
     batch_size: int = bounded(64, 1)  # updates start once the buffer holds one batch
+    # Updates in which only the critic learns; the actor (the thresholds) first moves after them.
+    actor_delay: int = bounded(0, 0)
     noise_std: float = bounded(0.05, 0.0)  # Gaussian exploration noise, in threshold units
     # r = clip(lambda_sep*S_sep + lambda_cons*S_cons + lambda_cov*S_cov
     #          - lambda_stab*|dtau|, -reward_clip, reward_clip)

@@ -398,8 +398,21 @@ class Run:
         if on_step is not None:
             on_step(StepInfo(step, total, epoch, loss, speed))
         if step % self.cfg.log_every == 0:
+            agent = self.trainer.student.agent
+            # RPLE's thresholds move every step; the epoch means hide how they got there.
+            if agent is None:
+                thresholds = ""
+            else:
+                tau_fg, tau_bg = agent.current.tolist()
+                thresholds = f" tau {tau_fg:.3f}/{tau_bg:.3f}"
             log.info(
-                "step %d/%d epoch %d loss %.4f %.1f samples/s", step, total, epoch, loss, speed
+                "step %d/%d epoch %d loss %.4f%s %.1f samples/s",
+                step,
+                total,
+                epoch,
+                loss,
+                thresholds,
+                speed,
             )
 
     def _end_epoch(self, epoch: int, steps_per_s: float, samples_per_step: int, live: Any) -> None:

@@ -276,16 +276,17 @@ class PseudoLabelAgent:
             critic_loss.backward()
             self.critic_opt.step()
 
-            # The critic is held fixed here: only the actor follows dQ/da.
+            # The critic is held fixed here: only the actor follows dQ/da, and only once the
+            # critic has had actor_delay updates: before, its slope is its random init's.
             self.critic.requires_grad_(False)
             actor_loss = -self.critic(s, self.actor(s)).mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
+            if self.updates >= cfg.actor_delay:
+                self.actor_opt.zero_grad(set_to_none=True)
+                actor_loss.backward()
+                self.actor_opt.step()
+                soft_update(self.actor_target, self.actor, cfg.soft_update_tau)
             self.critic.requires_grad_(True)
-
             soft_update(self.critic_target, self.critic, cfg.soft_update_tau)
-            soft_update(self.actor_target, self.actor, cfg.soft_update_tau)
         self.updates += 1
         return {
             "critic_loss": critic_loss.item(),

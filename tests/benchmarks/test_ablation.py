@@ -25,7 +25,7 @@ def ablation():
 ROW_NAMES = ["supervised", "fixmatch", "spm", "spm_sesm", "full", "tuned_fusion", "catm"]
 ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
 ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
-ROW_NAMES += ["spm_a40_q40_u60", "spm_q40", "no_dice", "fusion_a00"]
+ROW_NAMES += ["spm_a40_q40_u60", "spm_q40", "no_dice", "fusion_a00", "actor_delay"]
 
 
 def row_params(ablation, tmp_path, name):
@@ -91,6 +91,9 @@ def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
     assert loss.lambda_dice == 0.0 and loss.lambda_u == base.train.loss.lambda_u
     teacher_only = row_params(ablation, tmp_path / "h", "fusion_a00")[0].train
     assert teacher_only.method == "fixed_fusion" and teacher_only.fusion.alpha == 0.0
+    delayed = row_params(ablation, tmp_path / "i", "actor_delay")[0].train
+    assert delayed.agent.actor_delay == 150 and delayed.rple and delayed.method == "l2l"
+    assert delayed.agent.lambda_cov == base.train.agent.lambda_cov
 
 
 def test_table6_rows_vary_spm_coefficients_around_full_and_pair_with_it(ablation):

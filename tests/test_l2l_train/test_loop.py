@@ -5,6 +5,7 @@ and 2-process gloo DDP."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -145,9 +146,15 @@ def test_weak_pass_reads_the_teacher_prior_only_when_configured(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "fixmatch", "fixed_fusion", "l2l"])
-def test_each_method_trains_and_writes_metrics(trainer_workspace, tmp_path, method):
-    params = load_trainer_params(variant(trainer_workspace, tmp_path, train={"method": method}))
+def test_each_method_trains_and_writes_metrics(trainer_workspace, tmp_path, method, caplog):
+    train = {"method": method, "log_every": 1}
+    params = load_trainer_params(variant(trainer_workspace, tmp_path, train=train))
+    caplog.set_level(logging.INFO, logger="l2l_train.loop")
     summary = run_training(params)
+    step_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(step_lines) == 2
+    # RPLE's thresholds in every step line of the runs that have an agent, as they move
+    assert all((" tau " in line) == (method == "l2l") for line in step_lines), step_lines
     assert summary.steps == 2 and summary.best_epoch == 1
     assert 0 <= summary.best_val_oiou <= 1
     metrics = summary.last_metrics

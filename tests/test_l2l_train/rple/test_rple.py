@@ -179,6 +179,21 @@ def test_one_update_moves_the_actor_up_the_critic():
         assert agent.critic(s, agent.actor(s)).mean() > agent.critic(s, before(s)).mean()
 
 
+def test_actor_waits_for_actor_delay_updates_while_the_critic_learns():
+    cfg = AgentConfig(batch_size=64, buffer_size=64, gamma=0.0, noise_std=0.1, actor_delay=2)
+    agent = PseudoLabelAgent(cfg)
+    _fill(agent, 64, torch.tensor([0.85, 0.15]), torch.Generator().manual_seed(1))
+    actor, critic = copy.deepcopy(agent.actor.state_dict()), copy.deepcopy(agent.critic)
+    for _ in range(2):
+        assert set(agent.update()) == {"critic_loss", "actor_loss"}
+    for name, value in agent.actor.state_dict().items():
+        assert torch.equal(value, actor[name]), name
+        assert torch.equal(agent.actor_target.state_dict()[name], actor[name]), name
+    assert not torch.equal(agent.critic.net[0].weight, critic.net[0].weight)
+    agent.update()  # the third: the actor's first step
+    assert not torch.equal(agent.actor.net[0].weight, actor["net.0.weight"])
+
+
 def test_update_waits_for_one_batch():
     agent = PseudoLabelAgent(AgentConfig(batch_size=8))
     _fill(agent, 7, torch.tensor([0.8, 0.2]), torch.Generator().manual_seed(0))
