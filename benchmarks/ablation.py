@@ -64,6 +64,8 @@ pseudo-labels (``train.loss.lambda_dice: 0``), and ``fusion_a00``, fixed fusion 
 ``alpha`` 0, whose pseudo-labels are the teacher's alone, with no prediction of the student's
 fed back into them. ``actor_delay``: full L2L whose RPLE actor first moves the thresholds
 after 150 critic updates (``train.agent.actor_delay``), so not along an untrained critic.
+``spm_warmup``: full L2L whose ``q_hat`` is the teacher's prior alone for the first 150 steps
+(``train.spm_warmup_steps``), while the student is still far below its teacher.
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
@@ -273,6 +275,9 @@ ROWS = (
     # Not in the paper: full L2L whose actor first moves the thresholds after the critic's
     # first epoch of updates (150), not while the critic still has its random init's slope
     full_l2l("actor_delay", "full, actor after 150 updates", {"agent": {"actor_delay": 150}}),
+    # Not in the paper: full L2L whose q_hat is the teacher's prior alone for the first 150
+    # steps, the first epoch of the default, in which SPM's fused prior falls below the raw one
+    full_l2l("spm_warmup", "full, teacher alone for 150 steps", {"spm_warmup_steps": 150}),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
@@ -801,6 +806,8 @@ PAIRED = (
     ("fusion_a00", "full"),
     ("fusion_a00", "fixed_fusion"),
     ("actor_delay", "full"),
+    ("spm_warmup", "full"),
+    ("spm_warmup", "fusion_a00"),
 )
 
 

@@ -324,6 +324,8 @@ class TrainConfig:
         "supervised", "fixmatch", "fixed_fusion", "tuned_fusion", "agreement_filter", "catm", "l2l"
     ] = "l2l"
     spm: bool = True
+    # SPM's q_hat is the teacher's prior alone for this many steps, then SPM's fusion.
+    spm_warmup_steps: int = bounded(0, 0)
     rple: bool = True
     image_size: int = bounded(128, 32)
     epochs: int = bounded(5, 1)

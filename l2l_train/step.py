@@ -57,6 +57,7 @@ from l2l_train.targets import (
     band_in_input_frame,
     class_statistics,
     conflict_pixels,
+    fusion_at,
     pseudo_labels,
     static_thresholds,
 )
@@ -168,14 +169,18 @@ class Student:
         return torch.sigmoid(logits_u_w.float())
 
     @torch.no_grad()
-    def weak_targets(self, batch_u: dict[str, Any], explore: bool = True) -> WeakPass:
+    def weak_targets(
+        self, batch_u: dict[str, Any], explore: bool = True, step: int | None = None
+    ) -> WeakPass:
         """The weak pass, ``q_hat`` and the pseudo-labels of this rank's unlabelled batch
         (``explore``: as in training, the agent adds its exploration noise and CATM's
-        statistics take the batch in; off, both only read their state)."""
+        statistics take the batch in; off, both only read their state; ``step``: the training
+        steps taken, for :func:`~l2l_train.targets.fusion_at`)."""
         q, present = batch_u["prior_u"], batch_u["prior_present_u"]
         p_w = self.weak_probability(batch_u)
         agree = torch.where(present, agreement(p_w, q, self.cfg.fusion.eps), 0.0)
-        q_hat = TARGET_STRATEGIES[self.plan.fusion](p_w, q, present, self.fusion)
+        fusion = fusion_at(self.plan.fusion, step, self.cfg.spm_warmup_steps)
+        q_hat = TARGET_STRATEGIES[fusion](p_w, q, present, self.fusion)
         band = band_in_input_frame(
             self.cfg.agent.ignore_band, batch_u["original_hw_u"], q_hat.shape[-1]
         )
@@ -211,10 +216,13 @@ class Student:
         """(batch,) bool: which priors survive prior dropout."""
         return torch.rand(batch, generator=self.dropout_rng) >= self.cfg.prior_dropout
 
-    def losses(self, batch_x: dict[str, Any], batch_u: dict[str, Any] | None) -> StepLosses:
+    def losses(
+        self, batch_x: dict[str, Any], batch_u: dict[str, Any] | None, step: int
+    ) -> StepLosses:
         """Steps 1-5 on this rank's labelled batch and (semi-supervised) unlabelled batch, both
-        on the device. The unlabelled batch must come without its ground truth
-        (:func:`~l2l_train.data.split_eval_only`): it is for observability, never for training."""
+        on the device, after ``step`` training steps. The unlabelled batch must come without its
+        ground truth (:func:`~l2l_train.data.split_eval_only`): it is for observability, never
+        for training."""
         if batch_u is not None and set(EVAL_ONLY_FIELDS) & set(batch_u):
             raise ValueError(
                 f"the unlabelled batch carries {sorted(set(EVAL_ONLY_FIELDS) & set(batch_u))}: "
@@ -226,7 +234,7 @@ class Student:
         priors, present = [batch_x["prior_x"]], [batch_x["prior_present_x"]]
         weak = None
         if batch_u is not None:
-            weak = self.weak_targets(batch_u)
+            weak = self.weak_targets(batch_u, step=step)
             expr_u_s = strong_expressions(
                 batch_u["expr_u_w"], self.embed, cfg.augment, self.synonyms, self.text_rng
             )

@@ -41,7 +41,7 @@ from l2l_train.spm import certainty, fuse, linear_fusion
 
 THRESHOLD_DIM = 2  # (tau_fg, tau_bg)
 
-Fusion = Literal["none", "fixed", "tuned", "spm"]
+Fusion = Literal["none", "fixed", "tuned", "spm", "teacher"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,11 @@ def spm_target(p_w: Tensor, q: Tensor, present: Tensor, cfg: FusionConfig) -> Te
     return fuse(p_w, q, present, cfg).q_hat
 
 
+def teacher_target(p_w: Tensor, q: Tensor, present: Tensor, cfg: FusionConfig) -> Tensor:
+    """The teacher's prior alone where it is present (SPM's warm-up, ``train.spm_warmup_steps``)."""
+    return linear_fusion(p_w, q, present, 0.0)
+
+
 TargetStrategy = Callable[[Tensor, Tensor, Tensor, FusionConfig], Tensor]
 
 # Shapes of every strategy: p_w, q (B, 1, S, S) probabilities, present (B,) bool -> q_hat
@@ -108,7 +113,17 @@ TARGET_STRATEGIES: dict[Fusion, TargetStrategy] = {
     "fixed": linear_target,
     "tuned": linear_target,  # the same rule; the loop sets cfg.alpha every epoch
     "spm": spm_target,
+    "teacher": teacher_target,
 }
+
+
+def fusion_at(fusion: Fusion, step: int | None, warmup_steps: int) -> Fusion:
+    """The target strategy after ``step`` training steps (None: outside training):
+    ``fusion``, except that SPM takes the teacher's prior alone for the first
+    ``warmup_steps`` (``train.spm_warmup_steps``), while the student is far below its teacher."""
+    if fusion == "spm" and step is not None and step < warmup_steps:
+        return "teacher"
+    return fusion
 
 
 # ----------------------------------------------------------------------------- agreement filter

@@ -26,6 +26,7 @@ ROW_NAMES = ["supervised", "fixmatch", "spm", "spm_sesm", "full", "tuned_fusion"
 ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
 ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
 ROW_NAMES += ["spm_a40_q40_u60", "spm_q40", "no_dice", "fusion_a00", "actor_delay"]
+ROW_NAMES += ["spm_warmup"]
 
 
 def row_params(ablation, tmp_path, name):
@@ -94,6 +95,8 @@ def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
     delayed = row_params(ablation, tmp_path / "i", "actor_delay")[0].train
     assert delayed.agent.actor_delay == 150 and delayed.rple and delayed.method == "l2l"
     assert delayed.agent.lambda_cov == base.train.agent.lambda_cov
+    warm = row_params(ablation, tmp_path / "j", "spm_warmup")[0].train
+    assert warm.spm_warmup_steps == 150 and warm.spm and warm.rple and warm.method == "l2l"
 
 
 def test_table6_rows_vary_spm_coefficients_around_full_and_pair_with_it(ablation):

@@ -182,6 +182,16 @@ def test_each_method_trains_and_writes_metrics(trainer_workspace, tmp_path, meth
         )
 
 
+@pytest.mark.slow
+def test_spm_warm_up_trains_on_the_teacher_prior_alone(trainer_workspace, tmp_path):
+    # Warm-up over both steps: q_hat is the raw prior on every pair, so its IoU is the raw's.
+    train = {"method": "l2l", "spm_warmup_steps": 2}
+    metrics = run_training(load_trainer_params(variant(trainer_workspace, tmp_path, train=train)))
+    metrics = metrics.last_metrics
+    assert metrics["u/prior_fused_oIoU"] == metrics["u/prior_raw_oIoU"]
+    assert metrics["u/prior_fused_mIoU"] == metrics["u/prior_raw_mIoU"]
+
+
 @pytest.fixture(scope="module")
 def labeled_priors(trainer_workspace, tmp_path_factory) -> Path:
     """A copy of the workspace's prior store with the labelled pairs' priors added, which

@@ -17,6 +17,7 @@ from l2l_train.targets import (
     band_in_input_frame,
     class_statistics,
     conflict_pixels,
+    fusion_at,
     plan_method,
     pseudo_labels,
     static_thresholds,
@@ -80,11 +81,30 @@ def test_spm_target_is_spm_fusion():
     torch.testing.assert_close(q_hat, fuse(P_W, Q, PRESENT, cfg).q_hat)
 
 
+def test_teacher_target_is_the_prior_where_present():
+    q_hat = TARGET_STRATEGIES["teacher"](P_W, Q, PRESENT, FusionConfig())
+    torch.testing.assert_close(q_hat, torch.tensor([[0.8, 0.8], [0.3, 0.6]]).view(2, 1, 1, 2))
+
+
+def test_spm_warms_up_on_the_teacher_alone_for_its_first_steps():
+    assert [fusion_at("spm", step, 2) for step in (0, 1, 2, 3)] == [
+        "teacher",
+        "teacher",
+        "spm",
+        "spm",
+    ]
+    assert fusion_at("spm", 0, 0) == "spm"  # no warm-up
+    assert fusion_at("spm", None, 2) == "spm"  # outside training
+    assert fusion_at("fixed", 0, 2) == "fixed"  # only SPM warms up
+
+
 def test_every_fusion_of_the_plan_has_a_strategy():
     names = ("supervised", "fixmatch", "fixed_fusion", "tuned_fusion", "agreement_filter")
     methods = [TrainConfig(method=m) for m in (*names, "catm", "l2l")]
     methods.append(TrainConfig(method="l2l", spm=False))
-    assert {plan_method(cfg).fusion for cfg in methods} == set(TARGET_STRATEGIES)
+    # and SPM's warm-up's
+    plans = {plan_method(cfg).fusion for cfg in methods} | {fusion_at("spm", 0, 1)}
+    assert plans == set(TARGET_STRATEGIES)
 
 
 # ----------------------------------------------------------------------------- agreement filter
