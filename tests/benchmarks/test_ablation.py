@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ ROW_NAMES = ["supervised", "fixmatch", "spm", "spm_sesm", "full", "tuned_fusion"
 ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
 ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
 ROW_NAMES += ["spm_a40_q40_u60", "spm_q40", "no_dice", "fusion_a00", "actor_delay"]
-ROW_NAMES += ["spm_warmup"]
+ROW_NAMES += ["no_warmup"]
 
 
 def row_params(ablation, tmp_path, name):
@@ -95,8 +96,10 @@ def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
     delayed = row_params(ablation, tmp_path / "i", "actor_delay")[0].train
     assert delayed.agent.actor_delay == 150 and delayed.rple and delayed.method == "l2l"
     assert delayed.agent.lambda_cov == base.train.agent.lambda_cov
-    warm = row_params(ablation, tmp_path / "j", "spm_warmup")[0].train
-    assert warm.spm_warmup_steps == 150 and warm.spm and warm.rple and warm.method == "l2l"
+    # The default warms SPM up on the teacher's prior alone; no_warmup is the paper's L2L.
+    assert base.train.spm_warmup_steps > 0
+    paper = row_params(ablation, tmp_path / "j", "no_warmup")[0].train
+    assert paper.spm_warmup_steps == 0 and paper.spm and paper.rple and paper.method == "l2l"
 
 
 def test_table6_rows_vary_spm_coefficients_around_full_and_pair_with_it(ablation):
@@ -377,6 +380,23 @@ def test_report_only_writes_the_budget_json_table_and_figure(ablation, trainer_w
     assert table[0] == "| row | 12.5 % | 25 % |"
     assert table[2] == "| supervised | 25.0 ± 7.1 | 40.0 |"
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_keys_added_since_a_run_compare_at_their_defaults(ablation, trainer_workspace, tmp_path):
+    """A run trained before a key existed behaved as the key's dataclass default: stale only
+    when the row now sets the key to something else."""
+    data = linked_data(tmp_path, trainer_workspace)
+    args = ["--report-only", "--rows", "full", "--work", str(tmp_path / "work")]
+    args += ["--data", str(data), "--out", str(tmp_path / "ablation.json")]
+    setup = ablation.build_setup(ablation.parse_args(args))
+    folder = finish_run(ablation, setup, "full", 22, 0.5)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    current = copy.deepcopy(params)
+    del params["train"]["agent"]["actor_delay"]  # 0 in the row, 0 by default: the same
+    assert ablation.changed_params(params, current) == []
+    current["train"]["spm_warmup_steps"] = 150  # a row that warms up, a run from before
+    del params["train"]["spm_warmup_steps"]
+    assert ablation.changed_params(params, current) == ["train.spm_warmup_steps: 0 -> 150"]
 
 
 def test_a_run_trained_with_other_params_stops_the_benchmark(
