@@ -74,6 +74,7 @@ class Trainer:
         """One iteration on this rank's batches, both on the device (see
         :meth:`~l2l_train.step.Student.losses` for what they must hold)."""
         student = self.student
+        # The per-step schedule's last_epoch counts the steps taken, resumed runs included.
         out = student.losses(batch_x, batch_u, step=self.schedule.last_epoch)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()

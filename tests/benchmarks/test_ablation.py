@@ -382,15 +382,20 @@ def test_report_only_writes_the_budget_json_table_and_figure(ablation, trainer_w
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_keys_added_since_a_run_compare_at_their_defaults(ablation, trainer_workspace, tmp_path):
-    """A run trained before a key existed behaved as the key's dataclass default: stale only
-    when the row now sets the key to something else."""
+def finished_full_run(ablation, trainer_workspace, tmp_path) -> tuple[list[str], Path, dict]:
+    """``--report-only`` args for the full row, its finished seed-22 run folder, its params."""
     data = linked_data(tmp_path, trainer_workspace)
     args = ["--report-only", "--rows", "full", "--work", str(tmp_path / "work")]
     args += ["--data", str(data), "--out", str(tmp_path / "ablation.json")]
     setup = ablation.build_setup(ablation.parse_args(args))
     folder = finish_run(ablation, setup, "full", 22, 0.5)
-    params = yaml.safe_load((folder / "params.yaml").read_text())
+    return args, folder, yaml.safe_load((folder / "params.yaml").read_text())
+
+
+def test_keys_added_since_a_run_compare_at_their_defaults(ablation, trainer_workspace, tmp_path):
+    """A run trained before a key existed behaved as the key's dataclass default: stale only
+    when the row now sets the key to something else."""
+    params = finished_full_run(ablation, trainer_workspace, tmp_path)[2]
     current = copy.deepcopy(params)
     del params["train"]["agent"]["actor_delay"]  # 0 in the row, 0 by default: the same
     assert ablation.changed_params(params, current) == []
@@ -405,12 +410,7 @@ def test_a_run_trained_with_other_params_stops_the_benchmark(
     """A finished run whose params differ from its row's now (params.yaml's SPM coefficient
     changed since) is neither tabulated nor skipped as the row's: the benchmark stops and
     names the key."""
-    data = linked_data(tmp_path, trainer_workspace)
-    args = ["--report-only", "--rows", "full", "--work", str(tmp_path / "work")]
-    args += ["--data", str(data), "--out", str(tmp_path / "ablation.json")]
-    setup = ablation.build_setup(ablation.parse_args(args))
-    folder = finish_run(ablation, setup, "full", 22, 0.5)
-    params = yaml.safe_load((folder / "params.yaml").read_text())
+    args, folder, params = finished_full_run(ablation, trainer_workspace, tmp_path)
     bq = params["train"]["fusion"]["bq"]
     params["train"]["fusion"]["bq"] = bq + 0.15
     params["paths"]["priors"] = "elsewhere/priors"  # paths may be spelt otherwise: not a change
