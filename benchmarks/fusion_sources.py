@@ -377,6 +377,7 @@ def score_run(
         "ignore_conflicts": train.ignore_conflicts,
         "alpha": train.fusion.alpha,
         "lambda_dice": train.loss.lambda_dice,
+        "spm_warmup_steps": train.spm_warmup_steps,
         "seed": train.seed,
         "temperature": temperature,
         **counts.summary(),
@@ -385,17 +386,19 @@ def score_run(
 
 def row_name(run: dict[str, Any]) -> str:
     """The run's method and switches, e.g. ``spm+sesm+rple``, ``fixed_fusion+no_conflicts``,
-    ``fixed_fusion+alpha_0.0`` (a linear fusion's ``alpha`` and the Dice weight are named
-    where they are not the config's defaults, which params.yaml keeps, so runs that differ
-    there are not averaged into one row). The counts score each fusion's labels without
-    ``train.ignore_conflicts``' mask."""
-    from l2l_train.config import FusionConfig, LossConfig
+    ``fixed_fusion+alpha_0.0`` (a linear fusion's ``alpha``, the Dice weight and SPM's
+    warm-up are named where they are not the config classes' defaults, so runs that differ
+    there are not averaged into one row; a result from before a setting existed has the
+    default). The counts score each fusion's labels without ``train.ignore_conflicts``' mask."""
+    from l2l_train.config import FusionConfig, LossConfig, TrainConfig
 
     parts = [run["method"]]
     if run["method"] == "l2l":
         parts = ["spm" if run["spm"] else "no_spm"]
         parts += ["sesm"] if run["sesm"] else []
         parts += ["rple"] if run["rple"] else []
+        warmup = run.get("spm_warmup_steps", TrainConfig.spm_warmup_steps)
+        parts += [f"warmup_{warmup}"] if run["spm"] and warmup else []
     elif run.get("alpha", FusionConfig.alpha) != FusionConfig.alpha:
         parts.append(f"alpha_{run['alpha']}")
     parts += ["no_conflicts"] if run.get("ignore_conflicts") else []

@@ -135,6 +135,9 @@ def test_row_names_tell_the_switches_apart(fusion_sources):
     assert fusion_sources.row_name(teacher_only) == "fixed_fusion+alpha_0.0"
     no_dice = run(sesm=True, rple=True) | {"alpha": 0.0, "lambda_dice": 0.0}
     assert fusion_sources.row_name(no_dice) == "spm+sesm+rple+dice_0.0"
+    warm = run(sesm=True, rple=True) | {"spm_warmup_steps": 150}
+    assert fusion_sources.row_name(warm) == "spm+sesm+rple+warmup_150"
+    assert fusion_sources.row_name(warm | {"spm_warmup_steps": 0}) == "spm+sesm+rple"
 
 
 def test_a_weak_pass_without_the_prior_sees_every_prior_absent(fusion_sources):
