@@ -49,7 +49,11 @@ Those eight rows are the group ``table3`` and the default of ``--rows``. The oth
 - ``table7`` (full L2L, RPLE reward without one term): ``no_sep``, ``no_cons``, ``no_cov``,
   ``no_stab`` (``train.agent.lambda_*`` = 0).
 
-One row outside the paper's tables: ``sesm_rple``, full L2L with ``train.spm: false``, so
+Two rows give the supervised ones as many pairs per step as the semi-supervised rows train
+on (the budget's labelled plus unlabelled batch, all labelled), where ``supervised`` and
+``fully_supervised`` take the labelled batch alone, a third of the pairs at the default's 8 +
+16: ``supervised_same_pairs`` and ``fully_supervised_same_pairs``. One row outside the paper's
+tables: ``sesm_rple``, full L2L with ``train.spm: false``, so
 ``q_hat = p_w``, the weak pass that sees the prior (``benchmarks/fusion_sources.py`` found
 that pass's map ahead of SPM's fusion of it with the prior). Two more test how the fusions
 settle the pixels where ``p_w`` and the prior fall on opposite sides of 0.5 (there, SPM's
@@ -128,7 +132,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import _merge
+from common import merge_nested
 
 from pipeline.config import SplitConfig
 from pipeline.schema import build_section
@@ -179,19 +183,23 @@ class Row:
     sesm: bool
     full_labels: bool = False
     model: dict[str, Any] = field(default_factory=dict)  # merged into the model section
+    # Supervised rows: the labelled batch is the budget's labelled plus unlabelled pairs, so
+    # the row trains on as many pairs per step as a semi-supervised row (its forward, backward
+    # and update cost about what a semi-supervised row's trained pass does).
+    every_pair_labelled: bool = False
 
 
 def full_l2l(name: str, label: str, train: dict | None = None, sesm: dict | None = None) -> Row:
     """A variant of the full L2L row: extra ``train`` keys or ``model.sesm`` keys."""
     base = {"method": "l2l", "spm": True, "rple": True}
     model = {"sesm": sesm} if sesm else {}
-    return Row(name, label, _merge(base, train or {}), sesm=True, model=model)
+    return Row(name, label, merge_nested(base, train or {}), sesm=True, model=model)
 
 
 def spm_alone(name: str, label: str, train: dict | None = None) -> Row:
     """A variant of the +SPM row (SPM on, RPLE and SESM off): extra ``train`` keys."""
     base = {"method": "l2l", "spm": True, "rple": False}
-    return Row(name, label, _merge(base, train or {}), sesm=False)
+    return Row(name, label, merge_nested(base, train or {}), sesm=False)
 
 
 def no_reward_term(term: str) -> Row:
@@ -278,6 +286,23 @@ ROWS = (
     full_l2l("actor_delay", "full, actor after 150 updates", {"agent": {"actor_delay": 150}}),
     # The paper's L2L as DESIGN.md reads it: SPM from the first step, no teacher-only warm-up
     full_l2l("no_warmup", "full, no SPM warm-up", {"spm_warmup_steps": 0}),
+    # Not in the paper's tables: the supervised rows trained on as many pairs per step as the
+    # semi-supervised rows (labelled and unlabelled), instead of the labelled batch alone
+    Row(
+        "supervised_same_pairs",
+        "supervised (5 %), as many pairs per step",
+        {"method": "supervised"},
+        sesm=False,
+        every_pair_labelled=True,
+    ),
+    Row(
+        "fully_supervised_same_pairs",
+        "supervised (100 %), as many pairs per step",
+        {"method": "supervised"},
+        sesm=False,
+        full_labels=True,
+        every_pair_labelled=True,
+    ),
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
@@ -550,12 +575,14 @@ def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
         "models": str(folder / "models"),
         "metrics": str(folder / "metrics"),
     }
-    params["model"] = _merge(params.get("model", {}), row.model)
+    params["model"] = merge_nested(params.get("model", {}), row.model)
     params["model"].setdefault("sesm", {})["enabled"] = row.sesm
     # One rank per run, so a step's batch is the budget's (params.yaml's train.processes would
     # multiply it); --jobs 2 runs two at once, one per core.
-    params["train"] = _merge(params.get("train", {}), row.train) | asdict(budget)
+    params["train"] = merge_nested(params.get("train", {}), row.train) | asdict(budget)
     params["train"] |= {"seed": seed, "processes": 1}
+    if row.every_pair_labelled:
+        params["train"]["batch_size_x"] = budget.batch_size_x + budget.batch_size_u
     # Validate every epoch (the curve shows whether the row has flattened); the last epoch's
     # score is the row's val figure, so `eval` only has the test split left to score.
     params.setdefault("eval", {})["every_epochs"] = 1
@@ -822,6 +849,9 @@ PAIRED = (
     ("actor_delay", "full"),
     ("full", "no_warmup"),
     ("no_warmup", "fusion_a00"),
+    ("supervised_same_pairs", "supervised"),
+    ("fully_supervised_same_pairs", "fully_supervised"),
+    ("fully_supervised_same_pairs", "full"),
 )
 
 

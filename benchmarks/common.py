@@ -271,12 +271,12 @@ def peak_flops(device: torch.device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- data
 
 
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def merge_nested(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``overrides`` applied, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_nested(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -301,7 +301,7 @@ def synthetic_workspace(root: Path, overrides: Mapping[str, Any]) -> Path:
             for name in ("prepared", "manifests", "priors", "models", "metrics")
         },
     }
-    params = _merge(dict(overrides), inside)
+    params = merge_nested(dict(overrides), inside)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))

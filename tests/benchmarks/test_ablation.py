@@ -102,6 +102,27 @@ def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
     assert paper.spm_warmup_steps == 0 and paper.spm and paper.rple and paper.method == "l2l"
 
 
+def test_same_pairs_rows_train_every_pair_of_a_step_on_labels(ablation, tmp_path):
+    params = row_params(ablation, tmp_path / "a", "supervised_same_pairs")[0]
+    plain = row_params(ablation, tmp_path / "b", "supervised")[0]
+    # the budget's 8 labelled + 4 unlabelled pairs, all labelled
+    assert (params.train.batch_size_x, plain.train.batch_size_x) == (12, 8)
+    assert params.train.method == plain.train.method == "supervised"
+    rows = {r.name: r for r in ablation.ROWS}
+    for name, reference in [
+        ("supervised_same_pairs", "supervised"),
+        ("fully_supervised_same_pairs", "fully_supervised"),
+    ]:
+        row, plain_row = rows[name], rows[reference]
+        assert row.every_pair_labelled and not plain_row.every_pair_labelled
+        assert (row.train, row.sesm, row.full_labels) == (
+            plain_row.train,
+            plain_row.sesm,
+            plain_row.full_labels,
+        )
+        assert (name, reference) in ablation.PAIRED
+
+
 def test_table6_rows_vary_spm_coefficients_around_full_and_pair_with_it(ablation):
     base = load_trainer_params(BENCHMARKS.parent / "params.yaml").train.fusion
     rows = ablation.selected_rows("table6")
