@@ -49,11 +49,11 @@ Those eight rows are the group ``table3`` and the default of ``--rows``. The oth
 - ``table7`` (full L2L, RPLE reward without one term): ``no_sep``, ``no_cons``, ``no_cov``,
   ``no_stab`` (``train.agent.lambda_*`` = 0).
 
-Two rows give the supervised ones as many pairs per step as the semi-supervised rows train
-on (the budget's labelled plus unlabelled batch, all labelled), where ``supervised`` and
-``fully_supervised`` take the labelled batch alone, a third of the pairs at the default's 8 +
-16: ``supervised_same_pairs`` and ``fully_supervised_same_pairs``. One row outside the paper's
-tables: ``sesm_rple``, full L2L with ``train.spm: false``, so
+Two rows outside the paper's tables give the supervised rows as many pairs per step as the
+semi-supervised rows train on (the budget's labelled plus unlabelled batch, all labelled),
+where ``supervised`` and ``fully_supervised`` take the labelled batch alone, a third of the
+pairs at the default's 8 + 16: ``supervised_same_pairs`` and ``fully_supervised_same_pairs``.
+Another, ``sesm_rple``, is full L2L with ``train.spm: false``, so
 ``q_hat = p_w``, the weak pass that sees the prior (``benchmarks/fusion_sources.py`` found
 that pass's map ahead of SPM's fusion of it with the prior). Two more test how the fusions
 settle the pixels where ``p_w`` and the prior fall on opposite sides of 0.5 (there, SPM's

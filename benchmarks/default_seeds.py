@@ -9,12 +9,12 @@ pretrained encoder), once per seed; and any params change, paired with it seed b
 Needs ``dvc repro`` first (data, priors, ``pretrain.out``). Each run trains under
 ``--work/<arm>/s<seed>`` from a copy of ``params.yaml`` with ``train.seed``, the arm's
 ``KEY=VALUE`` overrides (dotted keys, YAML values) and its own ``paths.models`` /
-``paths.metrics``; a finished run with the same params is reused, one with other params stops
-the script (move its folder away). Runs go one at a time, each on every core: run nothing
-else meanwhile. Per run: validation oIoU per epoch, the best, samples/s, and the last epoch's
-raw and fused prior IoU on unlabelled pairs (figure 9) and pseudo-label accuracy. Per arm:
-mean ± std of the best over the seeds and, paired with the default on each seed, the
-difference. Writes ``results/default_seeds.json`` (or ``--out``).
+``paths.metrics``; a finished run with the same params is reused, an interrupted one
+resumes, and one with other params stops the script (move its folder away). Runs go one at a
+time, each on every core: run nothing else meanwhile. Per run: validation oIoU per epoch, the
+best, samples/s, and the last epoch's raw and fused prior IoU on unlabelled pairs (figure 9)
+and pseudo-label accuracy. Per arm: mean ± std of the best over the seeds and, paired with the
+default on each seed, the difference. Writes ``results/default_seeds.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -77,23 +77,24 @@ def history(folder: Path) -> list[dict[str, float]] | None:
 
 
 def train(params: dict, folder: Path) -> list[dict[str, float]]:
-    """The run of ``params`` in ``folder``: reused when finished with the same params, else
-    trained from scratch (its log in ``folder/log.txt``)."""
+    """The run of ``params`` in ``folder``: reused when finished, resumed from its
+    ``latest.pt`` when interrupted, else trained (its log in ``folder/log.txt``)."""
     path = folder / "params.yaml"
     if path.is_file() and yaml.safe_load(path.read_text()) != params:
         raise SystemExit(f"{folder} holds a run of other params: move it away to rerun it")
-    if path.is_file() and (done := history(folder)) is not None:
-        return done
+    if path.is_file() and (epochs := history(folder)) is not None:
+        return epochs
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     command = [str(Path(sys.executable).with_name("l2l-train")), "run", "-p", str(path)]
-    with (folder / "log.txt").open("w") as log:
-        done = subprocess.run(
-            [*command, "--restart"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False
+    log = folder / "log.txt"
+    with log.open("a") as out:
+        process = subprocess.run(
+            command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False
         )
-    if done.returncode != 0 or (finished := history(folder)) is None:
-        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}): see {log.name}")
-    return finished
+    if process.returncode != 0 or (epochs := history(folder)) is None:
+        raise SystemExit(f"{' '.join(command)} failed (exit {process.returncode}): see {log}")
+    return epochs
 
 
 def run_record(epochs: list[dict[str, float]]) -> dict[str, Any]:
