@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from common import RESULTS, _merge, describe_machine, synthetic_workspace, write_result
+from common import RESULTS, describe_machine, merge_nested, synthetic_workspace, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work" / "learning"
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     data_folder = yaml.safe_load(data_params.read_text())
     # A supervised run of its own: its model goes under --work, not the data folder's models.
     paths = {**data_folder["paths"], "models": str(args.work / "models")}
-    merged = _merge(
+    merged = merge_nested(
         base,
         {
             "model": args.model,
