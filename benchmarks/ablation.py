@@ -120,11 +120,8 @@ import json
 import os
 import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -132,7 +129,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import merge_nested
+from common import L2L_TRAIN, mean_std, merge_nested, run_command
 
 from pipeline.config import SplitConfig
 from pipeline.schema import build_section
@@ -140,7 +137,6 @@ from pipeline.schema import build_section
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work" / "ablation"
 RESULTS = ROOT / "benchmarks" / "results"
-L2L_TRAIN = Path(sys.executable).parent / "l2l-train"
 HELD_OUT = "held_out"  # the partition role of --held-out's train images (a split to eval)
 
 PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (appendix A.1,
@@ -589,20 +585,6 @@ def row_params(setup: Setup, row: Row, seed: int, folder: Path) -> dict:
     return params
 
 
-def run_command(args: list[str], log: Path, threads: int | None = None) -> float:
-    """Run ``args`` with stdout and stderr appended to ``log`` (``threads``: its
-    OMP_NUM_THREADS); returns wall seconds."""
-    env = None if threads is None else os.environ | {"OMP_NUM_THREADS": str(threads)}
-    tick = time.perf_counter()
-    with log.open("a") as out:
-        done = subprocess.run(
-            args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, check=False
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {done.returncode}: see {log}")
-    return time.perf_counter() - tick
-
-
 def run_history(checkpoint: Path) -> list[dict[str, float]]:
     """A checkpoint's per-epoch metrics: training figures and validation."""
     from l2l_train.checkpoint import load_checkpoint
@@ -705,13 +687,6 @@ def run_row(setup: Setup, row: Row, seed: int) -> dict:
         result["labels"] = partition_record(manifests, setup.labels, setup.split_seed)
     paths.result.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def mean_std(values: list[float | None]) -> tuple[float, float] | None:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
 
 
 def summarize(row: Row, results: list[dict]) -> dict[str, Any]:

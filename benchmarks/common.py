@@ -11,6 +11,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,10 @@ from typing import Any
 import torch
 import yaml
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+# The CLI of the venv that runs the benchmark, so runs use the same install.
+L2L_TRAIN = Path(sys.executable).parent / "l2l-train"
 
 # Dense bf16 tensor-core peaks in FLOP/s (vendor datasheets, no sparsity), by a substring of
 # torch.cuda.get_device_name(); the first match wins, so PCIe/NVL variants come before the
@@ -307,6 +312,31 @@ def synthetic_workspace(root: Path, overrides: Mapping[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(params))
     run_offline_stages(load_pipeline_config(path))
     return path
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_command(args: list[str], log: Path, threads: int | None = None) -> float:
+    """Run ``args`` in the repository with stdout and stderr appended to ``log`` (``threads``:
+    its OMP_NUM_THREADS); returns wall seconds. A non-zero exit raises, naming the log."""
+    env = None if threads is None else os.environ | {"OMP_NUM_THREADS": str(threads)}
+    tick = time.perf_counter()
+    with log.open("a") as out:
+        done = subprocess.run(
+            args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env, check=False
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {done.returncode}: see {log}")
+    return time.perf_counter() - tick
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float] | None:
+    """Mean and sample std of the values present (std 0 for one), None for none."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- results

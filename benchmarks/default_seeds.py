@@ -21,16 +21,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from common import RESULTS, describe_machine, merge_nested, write_result
+from common import (
+    L2L_TRAIN,
+    REPO,
+    RESULTS,
+    describe_machine,
+    mean_std,
+    merge_nested,
+    run_command,
+    write_result,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT = "default"
 # Last-epoch unlabelled figures reported per run (l2l-train run's u/ metrics).
 LAST_EPOCH = ("u/prior_raw_oIoU", "u/prior_fused_oIoU", "u/pseudo_accuracy")
@@ -86,14 +92,10 @@ def train(params: dict, folder: Path) -> list[dict[str, float]]:
         return epochs
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    command = [str(Path(sys.executable).with_name("l2l-train")), "run", "-p", str(path)]
     log = folder / "log.txt"
-    with log.open("a") as out:
-        process = subprocess.run(
-            command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False
-        )
-    if process.returncode != 0 or (epochs := history(folder)) is None:
-        raise SystemExit(f"{' '.join(command)} failed (exit {process.returncode}): see {log}")
+    run_command([str(L2L_TRAIN), "run", "-p", str(path)], log)
+    if (epochs := history(folder)) is None:
+        raise SystemExit(f"{folder}: l2l-train run ended before its last epoch: see {log}")
     return epochs
 
 
@@ -108,11 +110,9 @@ def run_record(epochs: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
+def spread(values: list[float]) -> dict[str, float]:
+    """:func:`~common.mean_std` of ``values``, as a JSON object."""
+    return dict(zip(("mean", "std"), mean_std(values), strict=True))
 
 
 def summarize(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, Any]:
@@ -121,13 +121,13 @@ def summarize(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, A
     summary = {}
     for arm, by_seed in runs.items():
         best = [by_seed[s]["best_val_oIoU"] for s in seeds]
-        entry: dict[str, Any] = {"best_val_oIoU": mean_std(best)}
+        entry: dict[str, Any] = {"best_val_oIoU": spread(best)}
         if arm != DEFAULT:
             diffs = [
                 b - runs[DEFAULT][s]["best_val_oIoU"] for s, b in zip(seeds, best, strict=True)
             ]
             entry["paired_with_default"] = {
-                **mean_std(diffs),
+                **spread(diffs),
                 "by_seed": dict(zip(map(str, seeds), diffs, strict=True)),
                 "above": sum(d > 0 for d in diffs),
             }

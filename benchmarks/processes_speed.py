@@ -31,10 +31,16 @@ from typing import Any
 
 import torch
 import yaml
-from common import RESULTS, describe_machine, paired_ratio, synthetic_workspace, write_result
+from common import (
+    L2L_TRAIN,
+    RESULTS,
+    describe_machine,
+    paired_ratio,
+    synthetic_workspace,
+    write_result,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-L2L_TRAIN = Path(sys.executable).parent / "l2l-train"
 
 
 def arms(cores: int) -> dict[str, tuple[int, int]]:
