@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/ablation.py [--seeds 1] [--epochs 4] [--steps-per-epoch 250]
         [--image-size 64] [--rows supervised,full | table4,table7] [--teacher-eval]
-        [--label-budgets 0.1,1,5,10] [--held-out 10] [--jobs 2] [--report-only]
+        [--label-budgets 0.1,1,5,10] [--held-out 10] [--oracle-teacher] [--jobs 2]
+        [--report-only]
 
 The benchmark's data is the embedded default dataset (params.yaml's ``data.synthetic``, with
 ``--synthetic`` overrides; built once under ``--work/data`` with priors for every split, in
@@ -96,6 +97,14 @@ table gains a held-out column and a second paired table, by held-out oIoU; the 1
 labels every pair it does not hold out. It reads priors for the held-out pairs only with
 ``--teacher-eval`` (the default data folders have them: they are train pairs).
 
+A teacher that is always right, ``--oracle-teacher``: every train pair's ground-truth mask is
+imported (``l2l-priors import-priors``) into a copy of the data folder's prior store, under
+``<work>/oracle_data``, as the teacher ``imported`` named ``ground_truth``, and every row reads
+it instead of the data folder's teacher. How fast a semi-supervised row learns when its
+pseudo-labels carry no error of the teacher's, beside ``fully_supervised_same_pairs`` (the same
+labels without the unlabelled branch): what the branch costs, apart from the teacher's errors.
+Give it a ``--work`` of its own (its runs' params differ from the real teacher's).
+
 Each (row, seed) runs as two subprocesses, ``l2l-train run`` and ``l2l-train eval``, on its
 own params file under ``benchmarks/work/ablation/<row>/seed<k>/`` (so each run's memory is
 freed and an interrupted run resumes from its ``latest.pt``); a run whose ``result.json``
@@ -128,8 +137,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-from common import L2L_TRAIN, mean_std, merge_nested, run_command
+from common import L2L_PRIORS, L2L_TRAIN, mean_std, merge_nested, run_command
 
 from pipeline.config import SplitConfig
 from pipeline.schema import build_section
@@ -523,6 +533,50 @@ def benchmark_data(work: Path, synthetic: dict[str, Any]) -> Path:
     return folder
 
 
+# --oracle-teacher: the teacher whose priors are the ground truth, imported into a copy of the
+# data folder's store (priors.imported.name keeps them apart from the simulated teacher's)
+ORACLE_PRIORS = {"teacher": "imported", "imported": {"name": "ground_truth"}}
+
+
+def oracle_data(work: Path, data: Path, base: dict[str, Any]) -> Path:
+    """A data folder whose teacher is the ground truth, built once under ``work/oracle_data``:
+    ``data``'s manifests (linked) and a copy of its prior store into which every train pair's
+    mask is imported as :data:`ORACLE_PRIORS`' teacher (``l2l-priors import-priors``). What a
+    row learns from a perfect teacher, beside what it learns from the real one."""
+    folder = work / "oracle_data"
+    built = folder / "built.json"  # written last: a crash while building leaves none
+    source = {"data": str(data.resolve())}
+    if built.is_file():
+        if json.loads(built.read_text()) != source:
+            raise SystemExit(f"{folder} was built from another data folder: remove it")
+        return folder
+    from pipeline.config import load_pipeline_config
+    from pipeline.datasets.manifest import decode_mask, read_pairs
+    from pipeline.importer import FLAT_SEPARATOR
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "manifests").symlink_to((data / "manifests").resolve())
+    shutil.copytree(data / "priors", folder / "priors")
+    params = copy.deepcopy(base)
+    params["paths"] |= {name: str(folder / name) for name in ("manifests", "priors", "metrics")}
+    params["priors"] = merge_nested(params["priors"], ORACLE_PRIORS)
+    params_path = folder / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params))
+    maps = folder / "ground_truth_maps"
+    maps.mkdir()
+    pairs = read_pairs(load_pipeline_config(params_path).paths, "train")
+    ids, masks = pairs["sample_id"].to_pylist(), pairs["mask"].to_pylist()
+    for sample_id, mask in zip(ids, masks, strict=True):
+        name = sample_id.replace("/", FLAT_SEPARATOR)
+        np.save(maps / f"{name}.npy", decode_mask(mask) * np.uint8(255))
+    import_args = ["import-priors", str(maps), "--split", "train", "--params", str(params_path)]
+    run_command([str(L2L_PRIORS), *import_args], folder / "import.log")
+    shutil.rmtree(maps)
+    built.write_text(json.dumps(source))
+    return folder
+
+
 @dataclass(frozen=True)
 class Setup:
     """What every run of one invocation shares."""
@@ -530,7 +584,7 @@ class Setup:
     work: Path  # run folders: <work>/<row>/seed<k>/, <work>/<row>/budget<labels>/seed<k>/
     data: Path  # holds manifests/ and priors/ (read only) and the rows' manifests folders
     budget: Budget
-    base: dict[str, Any]  # the repository's params.yaml
+    base: dict[str, Any]  # the repository's params.yaml (the oracle's priors: --oracle-teacher)
     teacher_eval: bool
     labels: float | None = None  # label budget, % of train images; None: the data's partition
     held_out: SplitConfig | None = None  # train images held out of training, scored (--held-out)
@@ -1053,6 +1107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "too (split held_out): figures to tune on that are not val's",
     )
     parser.add_argument(
+        "--oracle-teacher",
+        action="store_true",
+        help="the teacher's priors replaced by each train pair's ground truth (imported into a "
+        "copy of the data folder's store under --work/oracle_data): how fast a row learns from "
+        "a perfect teacher; give it a --work of its own",
+    )
+    parser.add_argument(
         "--teacher-eval",
         action="store_true",
         help="also score the SESM rows with the teacher prior as input (needs val/test priors)",
@@ -1089,6 +1150,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--held-out and --label-budgets: one at a time")
     setup = build_setup(args)
     data = str(args.data) if args.data else {"synthetic": args.synthetic}
+    if args.oracle_teacher:
+        data = {"data": data, "teacher": "the ground truth (--oracle-teacher)"}
     if sweep:
         sweep_label_budgets(args, setup, rows, data)
         return
@@ -1115,13 +1178,17 @@ def build_setup(args: argparse.Namespace) -> Setup:
         lr=args.lr,
     )
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data = args.data or benchmark_data(args.work, args.synthetic)
+    if args.oracle_teacher:
+        data = oracle_data(args.work, data, base)
+        base["priors"] = merge_nested(base["priors"], ORACLE_PRIORS)
     held_out = None
     if args.held_out is not None:
         raw = base["split"] | {"holdout_ratio": args.held_out / 100}
         held_out = build_section(SplitConfig, raw, "split")
     return Setup(
         work=args.work,
-        data=args.data or benchmark_data(args.work, args.synthetic),
+        data=data,
         budget=budget,
         base=base,
         teacher_eval=args.teacher_eval,

@@ -24,8 +24,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-# The CLI of the venv that runs the benchmark, so runs use the same install.
+# The CLIs of the venv that runs the benchmark, so runs use the same install.
 L2L_TRAIN = Path(sys.executable).parent / "l2l-train"
+L2L_PRIORS = Path(sys.executable).parent / "l2l-priors"
 
 # Dense bf16 tensor-core peaks in FLOP/s (vendor datasheets, no sparsity), by a substring of
 # torch.cuda.get_device_name(); the first match wins, so PCIe/NVL variants come before the

@@ -10,7 +10,8 @@ Needs ``dvc repro`` first (data, priors, ``pretrain.out``). Each run trains unde
 ``--work/<arm>/s<seed>`` from a copy of ``params.yaml`` with ``train.seed``, the arm's
 ``KEY=VALUE`` overrides (dotted keys, YAML values) and its own ``paths.models`` /
 ``paths.metrics``; a finished run with the same params is reused, an interrupted one
-resumes, and one with other params stops the script (move its folder away). Runs go one at a
+resumes, and one trained with other params stops the script (move its folder away; a folder
+whose params ``l2l-train run`` rejected before its first checkpoint is taken over). Runs go one at a
 time, each on every core: run nothing else meanwhile. Per run: validation oIoU per epoch, the
 best, samples/s, and the last epoch's raw and fused prior IoU on unlabelled pairs (figure 9)
 and pseudo-label accuracy. Per arm: mean ± std of the best over the seeds and, paired with the
@@ -86,7 +87,10 @@ def train(params: dict, folder: Path) -> list[dict[str, float]]:
     """The run of ``params`` in ``folder``: reused when finished, resumed from its
     ``latest.pt`` when interrupted, else trained (its log in ``folder/log.txt``)."""
     path = folder / "params.yaml"
-    if path.is_file() and yaml.safe_load(path.read_text()) != params:
+    # Only a checkpoint makes the folder a run: params that `l2l-train run` rejected (a
+    # misspelt key, say) left none, and their corrected arm may take the folder over.
+    trained = (folder / "models" / "latest.pt").is_file()
+    if trained and (not path.is_file() or yaml.safe_load(path.read_text()) != params):
         raise SystemExit(f"{folder} holds a run of other params: move it away to rerun it")
     if path.is_file() and (epochs := history(folder)) is not None:
         return epochs

@@ -338,6 +338,54 @@ def test_budget_runs_need_a_prior_for_every_train_pair(ablation, trainer_workspa
     check("fixed_fusion")
 
 
+def test_oracle_teacher_imports_every_train_pairs_mask_into_a_copy_of_the_store(
+    ablation, trainer_workspace, tmp_path
+):
+    """--oracle-teacher: a prior equal to the ground truth for every train pair (the labelled
+    ones too, which the workspace's simulated teacher left without one), in a copy of the
+    store; built once per data folder."""
+    from pipeline.config import load_pipeline_config
+    from pipeline.report import prior_quality
+
+    data = linked_data(tmp_path, trainer_workspace)
+    store_files = sorted(p.relative_to(data / "priors") for p in (data / "priors").rglob("*"))
+    base = yaml.safe_load(trainer_workspace.read_text())
+    work = tmp_path / "work"
+    folder = ablation.oracle_data(work, data, base)
+    assert folder == work / "oracle_data"
+    cfg = load_pipeline_config(folder / "params.yaml")
+    assert (cfg.priors.teacher, cfg.priors.imported.name) == ("imported", "ground_truth")
+    quality = prior_quality(cfg, "train")
+    counts = ablation.label_counts(data / "manifests")
+    train_pairs = counts["labeled_pairs"] + counts["unlabeled_pairs"]
+    assert quality["evaluated"] == train_pairs
+    # Exact up to the store's frame: the workspace stores priors at 32 px, its masks are 64 px.
+    assert quality["oiou"] > 0.95 and quality["precision"]["0.7"] == 1.0
+    after = sorted(p.relative_to(data / "priors") for p in (data / "priors").rglob("*"))
+    assert after == store_files  # the data folder's own store is read, not written
+    assert not (folder / "ground_truth_maps").exists()
+
+    # A teacher row of the oracle's setup finds a prior for every train pair.
+    setup = replace(
+        budget_setup(ablation, trainer_workspace, folder, 5),
+        base=ablation.merge_nested(base, {"priors": ablation.ORACLE_PRIORS}),
+        labels=None,
+    )
+    full = next(r for r in ablation.ROWS if r.name == "full")
+    run = ablation.run_folder(setup.work, full, 22)
+    run.mkdir(parents=True)
+    (run / "params.yaml").write_text(yaml.safe_dump(ablation.row_params(setup, full, 22, run)))
+    ablation.check_train_priors(run / "params.yaml", "full")
+
+    (folder / "import.log").unlink()
+    assert ablation.oracle_data(work, data, base) == folder  # built: not imported again
+    assert not (folder / "import.log").exists()
+    other = tmp_path / "other"
+    shutil.copytree(data, other, symlinks=True)
+    with pytest.raises(SystemExit, match="built from another data folder"):
+        ablation.oracle_data(work, other, base)
+
+
 def fake_result(row: str, seed: int, val: float) -> dict:
     """A run_row result as a finished run leaves it (no training)."""
     scores = {"oIoU": val, "mIoU": val - 0.01}

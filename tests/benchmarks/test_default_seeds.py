@@ -81,3 +81,11 @@ def test_runs_are_trained_once_and_a_changed_arm_stops(default_seeds, trainer_wo
     assert json.loads(out.read_text())["runs"] == result["runs"]
     with pytest.raises(SystemExit, match="other params"):
         default_seeds.main([*common, "--arm", "slow", "train.lr=0.0002"])
+    # An arm whose params the trainer rejects leaves no checkpoint: once its key is spelt
+    # right it trains in the same folder.
+    with pytest.raises(RuntimeError, match=r"see .*typo/s2/log\.txt"):
+        default_seeds.main([*common, "--arm", "typo", "train.lrr=0.0002"])
+    default_seeds.main([*common, "--arm", "typo", "train.lr=0.0002"])
+    fixed = yaml.safe_load((work / "typo" / "s2" / "params.yaml").read_text())
+    assert fixed["train"]["lr"] == 0.0002 and "lrr" not in fixed["train"]
+    assert json.loads(out.read_text())["runs"]["typo"]["2"]["best_val_oIoU"] > 0
