@@ -71,7 +71,14 @@ fed back into them. ``actor_delay``: full L2L whose RPLE actor first moves the t
 after 150 critic updates (``train.agent.actor_delay``), so not along an untrained critic.
 ``no_warmup``: full L2L without the default's SPM warm-up (``train.spm_warmup_steps: 0``:
 SPM fuses from the first step, as in the paper; the default takes the teacher's prior alone
-for 150 steps, while the student is still far below its teacher).
+for 150 steps, while the student is still far below its teacher). The group
+``unlabelled_branch`` changes one piece of how full L2L learns from its pseudo-labels (best
+read with ``--oracle-teacher``, below): ``unsup_weighted`` weights the pseudo-labels' CE as the
+labelled CE (``train.loss.unsup_fg_weight`` 4.0), ``lambda_u2`` doubles the unlabelled loss
+(``train.loss.lambda_u`` 2: an unlabelled pair then weighs what a labelled one does at 8 + 16),
+``no_strong_views`` trains the strong pass on the weak view (``train.augment.num_ops`` and
+``text_candidates`` 0), ``no_band`` labels the boundary band too (``train.agent.ignore_band``
+0).
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
@@ -231,6 +238,21 @@ def cross_attention(name: str, stages: list[int]) -> Row:
     )
 
 
+# Not in the paper: what slows full L2L's unlabelled branch (--oracle-teacher), one piece each
+UNLABELLED_BRANCH = (
+    full_l2l(
+        "unsup_weighted",
+        "full, pseudo-label CE weighted as the labelled (1.0 / 4.0)",
+        {"loss": {"unsup_fg_weight": 4.0}},
+    ),
+    full_l2l("lambda_u2", "full, lambda_u = 2", {"loss": {"lambda_u": 2.0}}),
+    full_l2l(
+        "no_strong_views",
+        "full, strong views = weak views",
+        {"augment": {"num_ops": 0, "text_candidates": 0}},
+    ),
+    full_l2l("no_band", "full, no ignore band", {"agent": {"ignore_band": 0}}),
+)
 GATINGS = ("fixed", "semantic", "structural")
 REWARD_TERMS = ("sep", "cons", "cov", "stab")
 ROWS = (
@@ -309,6 +331,7 @@ ROWS = (
         full_labels=True,
         every_pair_labelled=True,
     ),
+    *UNLABELLED_BRANCH,
 )
 ROW_GROUPS = {
     "table3": [r.name for r in ROWS[:8]],
@@ -319,6 +342,7 @@ ROW_GROUPS = {
     "table5": [r.name for r in ROWS if r.name.startswith("xattn_")],
     "table6": [r.name for r in ROWS if r.name.startswith("spm_a")],
     "table7": [f"no_{term}" for term in REWARD_TERMS],
+    "unlabelled_branch": [r.name for r in UNLABELLED_BRANCH],
     "all": [r.name for r in ROWS],
 }
 

@@ -245,6 +245,11 @@ class LossConfig:
     fg_weight: float = bounded(4.0, 0.0, lo_open=True)
     lambda_u: float = bounded(1.0, 0.0)
     lambda_dice: float = bounded(0.5, 0.0)
+    # The pseudo-labels' CE class weights: the paper weights the labelled CE alone, where its
+    # 0.9 / 1.1 is nearly no weighting; at 1.0 / 4.0 on the labelled side the two losses
+    # balance the classes differently (benchmarks/README.md, --oracle-teacher).
+    unsup_bg_weight: float = bounded(1.0, 0.0, lo_open=True)
+    unsup_fg_weight: float = bounded(1.0, 0.0, lo_open=True)
     # Dice beside the labelled CE (the paper's L_sup is CE alone): CE weights alone either
     # over-predict small targets or, weighted down, let the model settle on background.
     lambda_dice_sup: float = bounded(0.0, 0.0)

@@ -99,13 +99,13 @@ def supervised_loss(logits_x: Tensor, mask_x: Tensor, cfg: LossConfig) -> Tensor
 
 
 def unsupervised_loss(logits_s: Tensor, pseudo: Tensor, cfg: LossConfig) -> UnsupervisedLoss:
-    """Strong-view prediction against weak-view pseudo-labels: unweighted cross-entropy on
-    the selected pixels (the paper weights classes for labelled data only) plus Dice on the
-    selected foreground.
+    """Strong-view prediction against weak-view pseudo-labels: cross-entropy on the selected
+    pixels with ``loss.unsup_bg_weight`` and ``loss.unsup_fg_weight`` (1.0 / 1.0: the paper
+    weights classes for labelled data only) plus Dice on the selected foreground.
 
     Shapes: logits_s (B, 1, H, W), pseudo (B, H, W) in {0, 1, IGNORE_INDEX}.
     """
-    ce = weighted_ce(logits_s, pseudo)
+    ce = weighted_ce(logits_s, pseudo, cfg.unsup_bg_weight, cfg.unsup_fg_weight)
     dice = dice_loss(logits_s, pseudo)
     return UnsupervisedLoss(total=ce + cfg.lambda_dice * dice, ce=ce, dice=dice)
 

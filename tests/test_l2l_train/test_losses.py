@@ -101,6 +101,20 @@ def test_unsupervised_and_total_loss():
     )
 
 
+def test_unsupervised_ce_takes_its_own_class_weights():
+    # ce with 1.0 / 4.0 on [fg 0.75, bg 0.75]: (4*0.287682 + 1.386294) / 5 = 0.507404, the
+    # labelled loss's figure; the labelled weights do not reach the pseudo-labels' CE
+    logits, labels = _logits([LN3, LN3]), _labels([1, 0])
+    weighted = LossConfig(unsup_bg_weight=1.0, unsup_fg_weight=4.0, lambda_dice=0.0)
+    assert unsupervised_loss(logits, labels, weighted).ce.item() == pytest.approx(
+        0.507404, abs=1e-5
+    )
+    labelled_only = LossConfig(bg_weight=0.9, fg_weight=1.1, lambda_dice=0.0)
+    assert unsupervised_loss(logits, labels, labelled_only).ce.item() == pytest.approx(
+        0.836988, abs=1e-5
+    )
+
+
 def test_shape_and_dtype_errors():
     with pytest.raises(ValueError, match="logits: expected"):
         weighted_ce(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
