@@ -146,14 +146,12 @@ from typing import Any
 
 import numpy as np
 import yaml
-from common import L2L_PRIORS, L2L_TRAIN, mean_std, merge_nested, run_command
+from common import L2L_PRIORS, L2L_TRAIN, REPO, RESULTS, mean_std, merge_nested, run_command
 
 from pipeline.config import SplitConfig
 from pipeline.schema import build_section
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "work" / "ablation"
-RESULTS = ROOT / "benchmarks" / "results"
+WORK = REPO / "benchmarks" / "work" / "ablation"
 HELD_OUT = "held_out"  # the partition role of --held-out's train images (a split to eval)
 
 PAPER_VAL_OIOU = {  # RefCOCO val oIoU at 5 % labels; the paper's "Baseline" (appendix A.1,
@@ -1201,7 +1199,7 @@ def build_setup(args: argparse.Namespace) -> Setup:
         batch_size_u=args.batch_size_u,
         lr=args.lr,
     )
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
     data = args.data or benchmark_data(args.work, args.synthetic)
     if args.oracle_teacher:
         data = oracle_data(args.work, data, base)

@@ -48,10 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from common import RESULTS, describe_machine, merge_nested, synthetic_workspace, write_result
+from common import REPO, RESULTS, describe_machine, merge_nested, synthetic_workspace, write_result
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "work" / "learning"
+WORK = REPO / "benchmarks" / "work" / "learning"
 KINDS = ("attribute", "spatial", "ordinal", "relation")
 
 
@@ -356,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     data_params = args.data or args.work / "data" / "params.yaml"
     if not data_params.is_file():
         synthetic_workspace(data_params.parent, {})
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
     # The data folder's own dataset, teacher and paths: its priors are stored under its teacher.
     data_folder = yaml.safe_load(data_params.read_text())
     # A supervised run of its own: its model goes under --work, not the data folder's models.

@@ -33,14 +33,13 @@ import torch
 import yaml
 from common import (
     L2L_TRAIN,
+    REPO,
     RESULTS,
     describe_machine,
     paired_ratio,
     synthetic_workspace,
     write_result,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def arms(cores: int) -> dict[str, tuple[int, int]]:

@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 import yaml
-from common import RESULTS, describe_machine, paired_ratio, rotated, write_result
+from common import REPO, RESULTS, describe_machine, paired_ratio, rotated, write_result
 
-REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "work" / "revision_speed"
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 import yaml
 from common import (
+    REPO,
     RESULTS,
     FlopCount,
     count_flops,
@@ -75,7 +76,6 @@ from l2l_train.targets import plan_method
 from l2l_train.trainer import Trainer
 from pipeline.config import to_dict
 
-REPO = Path(__file__).resolve().parents[1]
 GOAL_LOADER_RATIO = 1.05
 FULL_IMAGE_SIZE = 480  # LAVT / the paper's input side
 FULL_PRIOR_SIZE = 256  # SAM2's low-res logits at image size 1024
