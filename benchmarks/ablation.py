@@ -78,7 +78,9 @@ labelled CE (``train.loss.unsup_fg_weight`` 4.0), ``lambda_u2`` doubles the unla
 (``train.loss.lambda_u`` 2: an unlabelled pair then weighs what a labelled one does at 8 + 16),
 ``no_strong_views`` trains the strong pass on the weak view (``train.augment.num_ops`` and
 ``text_candidates`` 0), ``no_band`` labels the boundary band too (``train.agent.ignore_band``
-0).
+0), ``no_copy`` never shows the unlabelled strong pass its prior input ``q_hat``, the map its
+pseudo-labels are thresholded from (``train.prior_dropout_u`` 1.0; labelled pairs keep theirs
+at ``train.prior_dropout``).
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:
 each row (default ``--rows budget``: ``supervised``, ``fixmatch``, ``fixed_fusion``,
@@ -140,7 +142,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +252,7 @@ UNLABELLED_BRANCH = (
         {"augment": {"num_ops": 0, "text_candidates": 0}},
     ),
     full_l2l("no_band", "full, no ignore band", {"agent": {"ignore_band": 0}}),
+    full_l2l("no_copy", "full, strong pass never shown q_hat", {"prior_dropout_u": 1.0}),
 )
 GATINGS = ("fixed", "semantic", "structural")
 REWARD_TERMS = ("sep", "cons", "cov", "stab")
@@ -686,15 +689,11 @@ def finished(setup: Setup, row: Row, seed: int) -> dict | None:
 
 
 def resolved_params(params: dict) -> dict:
-    """``params`` as the loaders read it: every typed key, those it lacks at their defaults."""
+    """``params`` as the trainer loads it: every typed key, those it lacks at their defaults."""
     from l2l_train.config import TrainerParams
-    from pipeline.config import PipelineConfig, to_dict
+    from pipeline.config import build_params, to_dict
 
-    resolved = {}
-    for root in (PipelineConfig, TrainerParams):
-        typed = {f.name for f in fields(root)}
-        resolved |= to_dict(build_section(root, {k: v for k, v in params.items() if k in typed}))
-    return resolved
+    return to_dict(build_params(params, TrainerParams))
 
 
 def changed_params(trained: dict, current: dict) -> list[str]:

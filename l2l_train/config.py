@@ -370,6 +370,10 @@ class TrainConfig:
     # Probability of hiding a pair's prior from the model in the gradient-carrying forward,
     # so it stays usable without one (`eval.prior: none`).
     prior_dropout: float = bounded(0.5, 0.0, 1.0)
+    # The same for the unlabelled pairs' strong pass, whose prior input is q_hat, the map its
+    # pseudo-labels are thresholded from: shown it, the pass meets its target by copying it
+    # (1.0: the prior path learns from labelled pairs alone). null: prior_dropout.
+    prior_dropout_u: float | None = bounded(None, 0.0, 1.0)
     # The weak pass's input: the model alone (false: p_w is the model's own opinion, as it is
     # evaluated) or with the teacher's prior (true: DESIGN's SESM conditioning, p_w a
     # correction of the prior learnt on labelled pairs that carry theirs).

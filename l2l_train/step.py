@@ -96,6 +96,15 @@ class StepLosses(NamedTuple):
     logits_u_s: Tensor  # (B_u, 1, S, S) the strong unlabelled views' logits (B_u = 0: none)
 
 
+def prior_keep(generator: torch.Generator, batch_x: int, batch_u: int, cfg: TrainConfig) -> Tensor:
+    """(batch_x + batch_u,) bool, labelled pairs first: which priors the gradient-carrying
+    forward sees, each hidden with probability ``cfg.prior_dropout`` (an unlabelled pair's with
+    ``cfg.prior_dropout_u`` where that is set). One draw per pair from ``generator``."""
+    rate_u = cfg.prior_dropout if cfg.prior_dropout_u is None else cfg.prior_dropout_u
+    rates = torch.tensor([cfg.prior_dropout] * batch_x + [rate_u] * batch_u)
+    return torch.rand(batch_x + batch_u, generator=generator) >= rates
+
+
 class Student:
     """The segmentor as a step sees it: its text inputs, the weak pass and targets, the strong
     forward and losses, the RPLE agent and the step's own random streams. ``model`` is the bare
@@ -212,10 +221,6 @@ class Student:
         states = gather_rows(self.agent.make_state(q_hat, agree, band), self.rt)
         return states, self.agent.act(states, explore=explore)
 
-    def prior_keep(self, batch: int) -> Tensor:
-        """(batch,) bool: which priors survive prior dropout."""
-        return torch.rand(batch, generator=self.dropout_rng) >= self.cfg.prior_dropout
-
     def losses(
         self, batch_x: dict[str, Any], batch_u: dict[str, Any] | None, step: int
     ) -> StepLosses:
@@ -243,14 +248,15 @@ class Student:
             priors.append(weak.targets.q_hat)
             present.append(weak.targets.prior_present)
         present_all = torch.cat(present)
-        present_all = present_all & self.prior_keep(len(present_all)).to(present_all.device)
+        batch_size_x = batch_x["img_x"].shape[0]
+        keep = prior_keep(self.dropout_rng, batch_size_x, len(present_all) - batch_size_x, cfg)
+        present_all = present_all & keep.to(present_all.device)
 
         with autocast(self.rt.device, self.rt.amp):
             text = self.text_inputs(expressions)
             logits = self.ddp_model(
                 torch.cat(images), prior=torch.cat(priors), prior_present=present_all, **text
             )
-        batch_size_x = batch_x["img_x"].shape[0]
         logits_x, logits_u_s = logits[:batch_size_x], logits[batch_size_x:]
         l_sup = supervised_loss(logits_x, batch_x["mask_x"], cfg.loss)
         parts = {"sup": l_sup}

@@ -18,11 +18,19 @@ import json
 import os
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.schema import RUNTIME_ONLY, ConfigError, bounded, load_config, runtime_only
+from pipeline.schema import (
+    RUNTIME_ONLY,
+    ConfigError,
+    bounded,
+    build_section,
+    read_params_file,
+    runtime_only,
+)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -353,8 +361,8 @@ class PipelineConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-def load_params(path: str | Path, root_cls: type) -> Any:
-    """Load ``params.yaml`` into ``root_cls``, a root config typing some of
+def build_params(raw: Mapping[str, Any], root_cls: type) -> Any:
+    """``raw``, a parsed params file, into ``root_cls``, a root config typing some of
     :data:`PARAMS_SECTIONS`: a section outside that table is an unknown key; a listed one the
     root does not type is skipped (its own package's loader validates it)."""
     typed = {f.name for f in dataclasses.fields(root_cls)}
@@ -363,8 +371,13 @@ def load_params(path: str | Path, root_cls: type) -> Any:
             f"{root_cls.__name__} types sections {sorted(typed - PARAMS_SECTIONS.keys())} "
             "that pipeline.config.PARAMS_SECTIONS does not list"
         )
-    others = tuple(s for s in PARAMS_SECTIONS if s not in typed)
-    return load_config(path, root_cls, ignore_sections=others)
+    others = PARAMS_SECTIONS.keys() - typed
+    return build_section(root_cls, {k: v for k, v in raw.items() if k not in others})
+
+
+def load_params(path: str | Path, root_cls: type) -> Any:
+    """The params file at ``path`` loaded into ``root_cls`` (see :func:`build_params`)."""
+    return build_params(read_params_file(path), root_cls)
 
 
 def load_pipeline_config(path: str | Path = "params.yaml") -> PipelineConfig:

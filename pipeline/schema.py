@@ -162,9 +162,10 @@ def build_section(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
     return section
 
 
-def load_config(path: str | Path, root_cls: type, ignore_sections: tuple[str, ...] = ()) -> Any:
-    """Load ``path`` into ``root_cls``; top-level sections in ``ignore_sections`` are skipped
-    (they belong to another package's schema and are validated by its loader)."""
+def read_params_file(path: str | Path) -> Mapping[str, Any]:
+    """The YAML mapping in ``path`` (sections by name), unvalidated; a missing file, YAML that
+    does not parse, or a top level that is not a mapping raise :class:`ConfigError` naming
+    ``path``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -178,5 +179,4 @@ def load_config(path: str | Path, root_cls: type, ignore_sections: tuple[str, ..
         raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw = {k: v for k, v in raw.items() if k not in ignore_sections}
-    return build_section(root_cls, raw)
+    return raw
