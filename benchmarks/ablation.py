@@ -80,7 +80,7 @@ labelled CE (``train.loss.unsup_fg_weight`` 4.0), ``lambda_u2`` doubles the unla
 ``text_candidates`` 0), ``no_band`` labels the boundary band too (``train.agent.ignore_band``
 0), ``shown_q_hat`` shows the unlabelled strong pass its prior input ``q_hat``, the map its
 pseudo-labels are thresholded from, as often as a labelled pass its prior
-(``train.prior_dropout_u`` null; the default, 1.0 since session 40, never shows it: shown it,
+(``train.prior_dropout_u`` null; the default, 1.0 since session 41, never shows it: shown it,
 the pass can meet its targets by copying it).
 
 The label-budget sweep (issue 14; the paper's figure 2), ``--label-budgets 0.1,1,5,10``:

@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     from l2l_train.losses import supervised_loss
     from l2l_train.model import build_segmentor, build_tokenizer
     from l2l_train.pairs import normalize_images, open_teacher_store
+    from l2l_train.step import prior_keep
     from l2l_train.text_cache import FrozenTextCache
 
     data_params = args.data or args.work / "data" / "params.yaml"
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
             for r, f in zip(rows.tolist(), flip.tolist(), strict=True)
         ]
         present = train["prior_present"][rows]
-        present &= torch.rand(args.batch_size, generator=generator) >= params.train.prior_dropout
+        present &= prior_keep(generator, args.batch_size, 0, params.train)
         words, word_mask = cache.words(texts)
         logits = model(
             normalize_images(images),
