@@ -340,6 +340,16 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float] | None:
     return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
 
 
+def summarize_gains(gains: Sequence[float]) -> dict:
+    """Mean, sample std (0 for one checkpoint) and how many of the gains are positive."""
+    return {
+        "mean": statistics.fmean(gains),
+        "std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
+        "positive": sum(g > 0 for g in gains),
+        "checkpoints": len(gains),
+    }
+
+
 # ----------------------------------------------------------------------------- results
 
 

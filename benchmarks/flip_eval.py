@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from common import RESULTS, describe_machine, write_result
+from common import RESULTS, describe_machine, summarize_gains, write_result
 
 
 def score_both_ways(params, checkpoint: Path, split: str, prior: str) -> dict:
@@ -42,16 +41,6 @@ def score_both_ways(params, checkpoint: Path, split: str, prior: str) -> dict:
         scored["flip" if flip else "plain"] = {**metrics, "seconds": time.perf_counter() - start}
     scored["oIoU_gain"] = scored["flip"]["oIoU"] - scored["plain"]["oIoU"]
     return scored
-
-
-def summarize_gains(gains: Sequence[float]) -> dict:
-    """Mean, sample std (0 for one checkpoint) and how many of the gains are positive."""
-    return {
-        "mean": statistics.fmean(gains),
-        "std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
-        "positive": sum(g > 0 for g in gains),
-        "checkpoints": len(gains),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

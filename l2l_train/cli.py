@@ -225,6 +225,14 @@ def evaluate(
             help="Average with the mirrored pairs (left/right swapped) (default: eval.flip).",
         ),
     ] = None,
+    sweep: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Also score at this threshold on the foreground probability, repeatable, "
+            "from the same forwards: to choose eval.threshold on a held-out split "
+            "(split.holdout_ratio, --split held_out), not on val or test."
+        ),
+    ] = None,
 ) -> None:
     """oIoU, mIoU and prec@0.5-0.9 over every sentence of each split; writes a metrics JSON."""
     import dataclasses
@@ -241,7 +249,7 @@ def evaluate(
     if not checkpoint.is_file():
         raise fail(f"checkpoint not found: {checkpoint} (run `l2l-train run` first)")
     try:
-        result = run_eval(cfg, checkpoint, tuple(split or cfg.eval.splits), prior)
+        result = run_eval(cfg, checkpoint, tuple(split or cfg.eval.splits), prior, sweep or ())
     except (OSError, ValueError) as err:  # a missing or unreadable file, bad data
         raise fail(err) from None
     out = out or Path(cfg.paths.metrics) / "eval.json"
@@ -257,6 +265,13 @@ def evaluate(
             name, *(f"{values[m]:.4f}" if m != "pairs" else str(values[m]) for m in metrics)
         )
     Console().print(table)
+    if sweep:
+        swept = Table(title=f"oIoU by threshold (eval.threshold {cfg.eval.threshold})")
+        for column in ["split", *map(str, sweep)]:
+            swept.add_column(column, justify="left" if column == "split" else "right")
+        for name, values in result["splits"].items():
+            swept.add_row(name, *(f"{values['sweep'][str(t)]['oIoU']:.4f}" for t in sweep))
+        Console().print(swept)
 
 
 @app.command()
@@ -293,7 +308,13 @@ def predict(
     overlay: Annotated[
         Path | None, typer.Option(help="Also write the image with the mask tinted over it.")
     ] = None,
-    threshold: Annotated[float, typer.Option(help="On the foreground probability.")] = 0.5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="On the foreground probability. Default: as the checkpoint's run evaluated "
+            "(its eval.threshold)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     flip: Annotated[
         bool | None,
@@ -320,7 +341,9 @@ def predict(
     except OSError as err:
         raise fail(err) from None
     predictor = Predictor(checkpoint, resolve_device(device), flip)
-    mask = predictor.probability(picture, text) >= threshold
+    mask = predictor.probability(picture, text) >= (
+        predictor.threshold if threshold is None else threshold
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     mask_image(mask).save(out)
     console.print(f"wrote {out} ({mask.mean():.1%} of the image)")

@@ -411,7 +411,9 @@ class EvalConfig:
     val_split: str = "val"  # per-epoch validation; `best` is chosen by its oIoU
     every_epochs: int = bounded(1, 1)  # validate every N epochs (and always after the last)
     batch_size: int = bounded(32, 1, runtime_only=True)
-    threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True)  # on sigmoid(logit)
+    # On sigmoid(logit). A trained student need not be calibrated at 0.5: choose it on a
+    # held-out split with `l2l-train eval --sweep` (the embedded default: 0.3).
+    threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True)
     # Test-time flip: each pair's logits averaged with those of its mirror image (prior
     # mirrored, left/right swapped in the text, as the weak view flips), mirrored back; twice
     # the forwards. Per-epoch validation, `l2l-train eval` and `predict` infer alike.

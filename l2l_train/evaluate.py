@@ -90,27 +90,29 @@ def batch_text(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_thresholds(
     model: nn.Module,
     loader: DataLoader,
     *,
     device: torch.device,
     amp: bool,
-    threshold: float,
+    thresholds: Sequence[float],
     text_cache: FrozenTextCache | None = None,
     flip: bool = False,
-) -> dict[str, float]:
-    """Score every pair of ``loader`` (a :func:`~l2l_train.data.eval_loader`); restores the
-    model's train/eval mode afterwards. ``text_cache``: the frozen text encoder's features of
-    the pairs' expressions (with ``flip``, their flipped forms too), read instead of encoding
-    them in every forward (None: encode). ``flip``: the test-time flip of :func:`segment`
-    (without a cache the loader's :class:`~l2l_train.data.EvalPairs` needs ``flip``).
+) -> list[dict[str, float]]:
+    """Score every pair of ``loader`` (a :func:`~l2l_train.data.eval_loader`) once, its
+    foreground probability binarised at each of ``thresholds``; restores the model's
+    train/eval mode afterwards. ``text_cache``: the frozen text encoder's features of the
+    pairs' expressions (with ``flip``, their flipped forms too), read instead of encoding them
+    in every forward (None: encode). ``flip``: the test-time flip of :func:`segment` (without a
+    cache the loader's :class:`~l2l_train.data.EvalPairs` needs ``flip``).
 
-    Returns: oIoU, mIoU and prec@0.5 ... prec@0.9 over the pairs of every rank.
+    Returns: per threshold, in order, oIoU, mIoU and prec@0.5 ... prec@0.9 over the pairs of
+    every rank.
     """
     was_training = model.training
     model.eval()
-    accumulator = IoUAccumulator(device=device)
+    accumulators = [IoUAccumulator(device=device) for _ in thresholds]
     for batch in loader:
         with autocast(device, amp):
             logits = segment(
@@ -123,10 +125,37 @@ def evaluate(
             )
         for logit, gt in zip(logits, batch["mask"], strict=True):
             prob = torch.sigmoid(upsample_logits(logit, tuple(gt.shape)))  # (1, h, w)
-            accumulator.update(prob >= threshold, gt[None].to(device))
-    accumulator.all_reduce()
+            gt = gt[None].to(device)
+            for accumulator, threshold in zip(accumulators, thresholds, strict=True):
+                accumulator.update(prob >= threshold, gt)
+    for accumulator in accumulators:
+        accumulator.all_reduce()
     model.train(was_training)
-    return accumulator.compute()
+    return [accumulator.compute() for accumulator in accumulators]
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    amp: bool,
+    threshold: float,
+    text_cache: FrozenTextCache | None = None,
+    flip: bool = False,
+) -> dict[str, float]:
+    """:func:`evaluate_thresholds` at the one ``threshold``: oIoU, mIoU and prec@0.5 ...
+    prec@0.9."""
+    (metrics,) = evaluate_thresholds(
+        model,
+        loader,
+        device=device,
+        amp=amp,
+        thresholds=(threshold,),
+        text_cache=text_cache,
+        flip=flip,
+    )
+    return metrics
 
 
 def eval_texts(expressions: Sequence[str], flip: bool) -> Sequence[str]:
@@ -149,14 +178,21 @@ def run_eval(
     checkpoint: str | Path,
     splits: Sequence[str],
     prior: Literal["none", "teacher"],
+    sweep: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``splits`` (every sentence; ``all``: every evaluation split
-    of the dataset, :func:`~pipeline.datasets.manifest.expand_splits`), in one process.
+    of the dataset, :func:`~pipeline.datasets.manifest.expand_splits`), in one process, at
+    ``eval.threshold`` and, from the same forwards, at each threshold of ``sweep`` (to choose
+    ``eval.threshold`` on a held-out split).
 
     Returns: ``{"checkpoint", "step", "prior", "threshold", "flip", "splits": {split:
     metrics}}``
-    with each split's oIoU, mIoU, prec@t, ``pairs`` and ``prior_coverage``.
+    with each split's oIoU, mIoU, prec@t, ``pairs`` and ``prior_coverage``; with a ``sweep``,
+    also ``"sweep": {str(threshold): metrics}`` per split.
     """
+    for threshold in sweep:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"sweep: thresholds must lie in (0, 1), got {threshold}")
     splits = expand_splits(splits, params.paths.samples, params.data.eval_splits or ())
     device = resolve_device(params.train.device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
@@ -177,16 +213,20 @@ def run_eval(
             world=1,
             num_workers=params.train.num_workers,
         )
-        metrics = evaluate(
+        metrics, *swept = evaluate_thresholds(
             model,
             loader,
             device=device,
             amp=amp_enabled(params.train, device),
-            threshold=params.eval.threshold,
+            thresholds=(params.eval.threshold, *sweep),
             text_cache=text_cache,
             flip=params.eval.flip,
         )
         results[split] = {**metrics, "pairs": len(source), "prior_coverage": source.prior_coverage}
+        if sweep:
+            results[split]["sweep"] = {
+                str(threshold): at for threshold, at in zip(sweep, swept, strict=True)
+            }
         log.info(
             "%s: oIoU %.4f mIoU %.4f (%d pairs)",
             split,

@@ -17,8 +17,9 @@ from l2l_train.pairs import normalize_images, resize_image
 
 
 class Predictor:
-    """A trained segmentor in eval mode with its tokenizer, input size and test-time flip
-    (``flip``; None: as the checkpoint's run evaluated, its ``eval.flip``)."""
+    """A trained segmentor in eval mode with its tokenizer, input size, test-time flip
+    (``flip``; None: as the checkpoint's run evaluated, its ``eval.flip``) and the threshold
+    its run evaluated at (``eval.threshold``)."""
 
     def __init__(
         self, checkpoint: str | Path, device: torch.device | str = "cpu", flip: bool | None = None
@@ -32,6 +33,7 @@ class Predictor:
         self.tokenizer = build_tokenizer(model_cfg.text)
         # Checkpoints from before eval.flip existed evaluated without it.
         self.flip = ckpt["config"]["eval"].get("flip", False) if flip is None else flip
+        self.threshold = float(ckpt["config"]["eval"]["threshold"])  # on the probability
 
     def text(self, expression: str) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = self.tokenizer([expression])

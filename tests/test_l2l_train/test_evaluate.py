@@ -167,3 +167,40 @@ def test_test_time_flip_averages_the_mirrored_pairs_logits_mirrored_back():
     present = torch.tensor([True])
     both = segment(model, images, text, prior, present, text_flipped=flipped)
     assert both.tolist() == [[[[16.0, 17.0, 118.0]]]]
+
+
+class FixedLogits(torch.nn.Module):
+    """Each batch's logits are the next of ``logits`` (B, 1, H, W), whatever the input."""
+
+    def __init__(self, logits: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.logits = iter(logits)
+
+    def forward(self, images, prior=None, prior_present=None, input_ids=None, attention_mask=None):
+        return next(self.logits)
+
+
+def test_one_pass_scores_every_threshold_by_hand():
+    """Two 1x4 pairs. Pair 1: logits 2, 0.5, -0.5, -2 (p 0.88, 0.62, 0.38, 0.12), mask 1110;
+    pair 2: logits -2, -2, -2, 0 (p 0.12, 0.12, 0.12, 0.5), mask 0001. At 0.3: pair 1 I/U 3/3,
+    pair 2 1/1; at 0.5: 2/3 and 1/1 (p 0.5 counts as foreground); at 0.7: 1/3 and 0/1."""
+    from l2l_train.evaluate import evaluate, evaluate_thresholds
+
+    logits = torch.tensor([[2.0, 0.5, -0.5, -2.0], [-2.0, -2.0, -2.0, 0.0]]).view(2, 1, 1, 4)
+    batch = {
+        "image": torch.zeros(2, 3, 1, 4, dtype=torch.uint8),
+        "prior": torch.zeros(2, 1, 1, 4),
+        "prior_present": torch.zeros(2, dtype=torch.bool),
+        "input_ids": torch.ones(2, 1, dtype=torch.long),
+        "attention_mask": torch.ones(2, 1, dtype=torch.long),
+        "mask": torch.tensor([[1, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.uint8).view(2, 1, 4),
+    }
+    cpu = torch.device("cpu")
+    scores = evaluate_thresholds(
+        FixedLogits([logits]), [batch], device=cpu, amp=False, thresholds=(0.3, 0.5, 0.7)
+    )
+    assert [s["oIoU"] for s in scores] == pytest.approx([4 / 4, 3 / 4, 1 / 4])
+    assert [s["mIoU"] for s in scores] == pytest.approx([1.0, (2 / 3 + 1) / 2, (1 / 3) / 2])
+    assert [s["prec@0.5"] for s in scores] == pytest.approx([1.0, 1.0, 0.0])
+    one = evaluate(FixedLogits([logits]), [batch], device=cpu, amp=False, threshold=0.5)
+    assert one == pytest.approx(scores[1])

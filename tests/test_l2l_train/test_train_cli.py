@@ -14,6 +14,7 @@ from trainer_workspace import params_dict, variant, write_params
 from typer.testing import CliRunner
 
 from l2l_train.cli import app
+from l2l_train.config import load_trainer_params
 from pipeline.datasets.manifest import image_root, read_manifest
 
 runner = CliRunner()
@@ -158,8 +159,19 @@ def test_eval_scores_the_held_out_part_of_train(trained, tmp_path):
     held_out = ids(roles, "held_out")
     assert held_out and set(held_out) < set(ids(own, "unlabeled"))
     out = tmp_path / "held_out.json"
-    invoke("eval", "--params", params, "--split", "held_out", "--out", out)
-    assert json.loads(out.read_text())["splits"]["held_out"]["pairs"] == len(held_out)
+    # --sweep scores other thresholds from the same forwards, to choose eval.threshold here.
+    own = str(load_trainer_params(params).eval.threshold)
+    text = invoke(
+        "eval", "--params", params, "--split", "held_out", "--out", out,
+        "--sweep", "0.05", "--sweep", own,
+    )  # fmt: skip
+    assert "oIoU by threshold" in text
+    scored = json.loads(out.read_text())["splits"]["held_out"]
+    assert scored["pairs"] == len(held_out)
+    assert set(scored["sweep"]) == {"0.05", own}
+    assert scored["sweep"][own]["oIoU"] == scored["oIoU"]
+    text = invoke("eval", "--params", params, "--split", "held_out", "--sweep", "1.5", code=1)
+    assert "sweep: thresholds must lie in (0, 1), got 1.5" in text
 
 
 @pytest.mark.slow
@@ -233,6 +245,7 @@ def test_predict_flips_as_the_checkpoints_run_evaluated_unless_told(trained):
     row = read_manifest(samples).slice(0, 1).to_pylist()[0]
     picture = Image.open(image_root(samples) / row["image_path"])
     assert Predictor(checkpoint).flip is False  # the workspace's eval.flip
+    assert Predictor(checkpoint).threshold == load_trainer_params(trained).eval.threshold
     plain = Predictor(checkpoint, flip=False).probability(picture, "the shape on the left")
     flipped = Predictor(checkpoint, flip=True).probability(picture, "the shape on the left")
     assert flipped.shape == plain.shape == (picture.height, picture.width)
