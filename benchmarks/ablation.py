@@ -77,8 +77,9 @@ read with ``--oracle-teacher``, below): ``unsup_weighted`` weights the pseudo-la
 labelled CE (``train.loss.unsup_fg_weight`` 4.0), ``lambda_u2`` doubles the unlabelled loss
 (``train.loss.lambda_u`` 2: an unlabelled pair then weighs what a labelled one does at 8 + 16),
 ``no_strong_views`` trains the strong pass on the weak view (``train.augment.num_ops`` and
-``text_candidates`` 0), ``no_band`` labels the boundary band too (``train.agent.ignore_band``
-0), ``shown_q_hat`` shows the unlabelled strong pass its prior input ``q_hat``, the map its
+``text_candidates`` 0), ``one_strong_op`` draws one intensity op per strong view instead of
+the default's two (``train.augment.num_ops`` 1; the edited texts stay), ``no_band`` labels the
+boundary band too (``train.agent.ignore_band`` 0), ``shown_q_hat`` shows the unlabelled strong pass its prior input ``q_hat``, the map its
 pseudo-labels are thresholded from, as often as a labelled pass its prior
 (``train.prior_dropout_u`` null; the default, 1.0 since session 41, never shows it: shown it,
 the pass can meet its targets by copying it).
@@ -254,6 +255,9 @@ UNLABELLED_BRANCH = (
     ),
     full_l2l("no_band", "full, no ignore band", {"agent": {"ignore_band": 0}}),
     full_l2l("shown_q_hat", "full, strong pass shown q_hat", {"prior_dropout_u": None}),
+    full_l2l(
+        "one_strong_op", "full, one intensity op per strong view", {"augment": {"num_ops": 1}}
+    ),
 )
 GATINGS = ("fixed", "semantic", "structural")
 REWARD_TERMS = ("sep", "cons", "cov", "stab")

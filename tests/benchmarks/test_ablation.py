@@ -28,7 +28,7 @@ ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
 ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
 ROW_NAMES += ["spm_a40_q40_u60", "spm_q40", "no_dice", "fusion_a00", "actor_delay"]
 ROW_NAMES += ["no_warmup", "unsup_weighted", "lambda_u2", "no_strong_views", "no_band"]
-ROW_NAMES += ["shown_q_hat"]
+ROW_NAMES += ["shown_q_hat", "one_strong_op"]
 
 
 def row_params(ablation, tmp_path, name):
