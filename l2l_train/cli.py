@@ -225,6 +225,10 @@ def evaluate(
             help="Average with the mirrored pairs (left/right swapped) (default: eval.flip).",
         ),
     ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="On the foreground probability (default: eval.threshold)."),
+    ] = None,
     sweep: Annotated[
         list[float] | None,
         typer.Option(
@@ -242,6 +246,10 @@ def evaluate(
     cfg = _load(params)
     if flip is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, flip=flip))
+    if threshold is not None:
+        if not 0.0 < threshold < 1.0:
+            raise fail(f"--threshold: expected a probability in (0, 1), got {threshold}", 2)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, threshold=threshold))
     checkpoint = checkpoint or Path(cfg.paths.models) / "best.pt"
     prior = prior or cfg.eval.prior
     if prior not in ("none", "teacher"):
@@ -256,7 +264,10 @@ def evaluate(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     flipped = ", test-time flip" if cfg.eval.flip else ""
-    table = Table(title=f"{checkpoint} (step {result['step']}, prior {prior}{flipped}) -> {out}")
+    table = Table(
+        title=f"{checkpoint} (step {result['step']}, prior {prior}{flipped}, "
+        f"threshold {cfg.eval.threshold}) -> {out}"
+    )
     metrics = ["oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9", "pairs"]
     for column in ["split", *metrics]:
         table.add_column(column, justify="left" if column == "split" else "right")

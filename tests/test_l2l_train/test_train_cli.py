@@ -112,6 +112,12 @@ def test_eval_writes_metrics_per_split_and_prior_mode(trained):
     invoke("eval", "--params", trained, "--split", "val", "--prior", "teacher", "--out", out)
     teacher = json.loads(out.read_text())
     assert teacher["prior"] == "teacher" and teacher["splits"]["val"]["prior_coverage"] == 1.0
+    # --threshold overrides eval.threshold for one command, and the JSON says which it used.
+    invoke("eval", "--params", trained, "--prior", "teacher", "--threshold", "0.7", "--out", out)
+    assert json.loads(out.read_text())["threshold"] == 0.7
+    assert "expected a probability in (0, 1), got 1.5" in invoke(
+        "eval", "--params", trained, "--threshold", "1.5", code=2
+    )
 
     # The workspace evaluates without the test-time flip; --flip scores the same pairs with it
     # and says so in the JSON.
