@@ -411,8 +411,8 @@ class EvalConfig:
     val_split: str = "val"  # per-epoch validation; `best` is chosen by its oIoU
     every_epochs: int = bounded(1, 1)  # validate every N epochs (and always after the last)
     batch_size: int = bounded(32, 1, runtime_only=True)
-    # On sigmoid(logit). A trained student need not be calibrated at 0.5: choose it on a
-    # held-out split with `l2l-train eval --sweep` (the embedded default: 0.3).
+    # On sigmoid(logit). A trained model need not be calibrated at 0.5 (its losses decide on
+    # which side): choose it on a held-out split with `l2l-train eval --sweep`.
     threshold: float = bounded(0.5, 0.0, 1.0, lo_open=True, hi_open=True)
     # Test-time flip: each pair's logits averaged with those of its mirror image (prior
     # mirrored, left/right swapped in the text, as the weak view flips), mirrored back; twice
