@@ -9,11 +9,12 @@ A run folder holds the ``params.yaml`` it trained with and ``models/best.pt`` (t
 data, its held-out split), through ``l2l-train eval``'s own path (``run_eval`` with a
 ``sweep``: one set of forwards, every threshold read from the same probabilities).
 
-Why: the student's probabilities need not be calibrated at 0.5. Its pseudo-labels mark
-foreground only above RPLE's ``tau_fg`` (about 0.65) and ignore a band along every edge, and
-their loss does not weight the rare foreground up, so pixels of the referent may end below 0.5;
-a threshold chosen on held-out pairs costs no training. Choosing it on val or test would make
-their figures optimistic; ``--split`` says where it was chosen.
+Why: a trained model's probabilities need not be calibrated at 0.5, and its losses decide on
+which side. L2L's pseudo-labels mark foreground only above RPLE's ``tau_fg`` (about 0.65) and
+ignore a band along every edge, so pixels of the referent may end below 0.5; the supervised
+rows' CE weights the rare foreground 4.0, so they may predict too much of it. A threshold
+chosen on held-out pairs costs no training. Choosing it on val or test would make their
+figures optimistic; ``--split`` says where it was chosen.
 
 Writes ``benchmarks/results/threshold_eval.json`` (or ``--out``): per run the oIoU at each
 threshold; per threshold the gain over ``--reference`` on the same run, its mean, sample std and
