@@ -79,8 +79,9 @@ labelled CE (``train.loss.unsup_fg_weight`` 4.0), ``lambda_u2`` doubles the unla
 ``no_strong_views`` trains the strong pass on the weak view (``train.augment.num_ops`` and
 ``text_candidates`` 0), ``one_strong_op`` draws one intensity op per strong view instead of
 the default's two (``train.augment.num_ops`` 1; the edited texts stay), ``no_band`` labels the
-boundary band too (``train.agent.ignore_band`` 0), ``shown_q_hat`` shows the unlabelled strong pass its prior input ``q_hat``, the map its
-pseudo-labels are thresholded from, as often as a labelled pass its prior
+boundary band too (``train.agent.ignore_band`` 0), ``shown_q_hat`` shows the unlabelled strong
+pass its prior input ``q_hat``, the map its pseudo-labels are thresholded from, as often as a
+labelled pass its prior
 (``train.prior_dropout_u`` null; the default, 1.0 since session 41, never shows it: shown it,
 the pass can meet its targets by copying it).
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,8 +28,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from l2l_train.config import TrainerParams, load_trainer_params
+from l2l_train.config import TrainerParams
 from pipeline.cli_support import ParamsOption, console, fail, load_params, setup_logging
+from pipeline.config import build_params
+from pipeline.schema import read_params_file
 
 app = typer.Typer(
     help="L2L trainer: semi-supervised referring segmentation with teacher priors (SPM, SESM, RPLE).",
@@ -41,9 +44,18 @@ def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
-def _load(params: Path) -> TrainerParams:
+def _load(params: Path, **overrides: Mapping[str, Any]) -> TrainerParams:
+    """``params`` loaded; ``overrides`` (section name -> keys, from a command's options) replace
+    the file's values before validation, so they are checked as the file's own are."""
     setup_logging(logging.INFO if _is_main_rank() else logging.WARNING)
-    return load_params(params, load_trainer_params)
+
+    def with_overrides(path: Path) -> TrainerParams:
+        raw = dict(read_params_file(path))
+        for section, values in overrides.items():
+            raw[section] = {**(raw.get(section) or {}), **values}
+        return build_params(raw, TrainerParams)
+
+    return load_params(params, with_overrides)
 
 
 def _bar_columns(label: str, status: str) -> tuple:
@@ -239,17 +251,10 @@ def evaluate(
     ] = None,
 ) -> None:
     """oIoU, mIoU and prec@0.5-0.9 over every sentence of each split; writes a metrics JSON."""
-    import dataclasses
-
     from l2l_train.evaluate import run_eval
 
-    cfg = _load(params)
-    if flip is not None:
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, flip=flip))
-    if threshold is not None:
-        if not 0.0 < threshold < 1.0:
-            raise fail(f"--threshold: expected a probability in (0, 1), got {threshold}", 2)
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, threshold=threshold))
+    options = {"flip": flip, "threshold": threshold}
+    cfg = _load(params, eval={key: value for key, value in options.items() if value is not None})
     checkpoint = checkpoint or Path(cfg.paths.models) / "best.pt"
     prior = prior or cfg.eval.prior
     if prior not in ("none", "teacher"):

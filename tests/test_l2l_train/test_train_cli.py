@@ -112,10 +112,11 @@ def test_eval_writes_metrics_per_split_and_prior_mode(trained):
     invoke("eval", "--params", trained, "--split", "val", "--prior", "teacher", "--out", out)
     teacher = json.loads(out.read_text())
     assert teacher["prior"] == "teacher" and teacher["splits"]["val"]["prior_coverage"] == 1.0
-    # --threshold overrides eval.threshold for one command, and the JSON says which it used.
+    # --threshold overrides eval.threshold for one command, and the JSON says which it used;
+    # the option is checked as the params file's own value is.
     invoke("eval", "--params", trained, "--prior", "teacher", "--threshold", "0.7", "--out", out)
     assert json.loads(out.read_text())["threshold"] == 0.7
-    assert "expected a probability in (0, 1), got 1.5" in invoke(
+    assert "invalid params: eval.threshold: expected a float in (0, 1), got 1.5" in invoke(
         "eval", "--params", trained, "--threshold", "1.5", code=2
     )
 
