@@ -52,7 +52,11 @@ def _load(params: Path, **overrides: Mapping[str, Any]) -> TrainerParams:
     def with_overrides(path: Path) -> TrainerParams:
         raw = dict(read_params_file(path))
         for section, values in overrides.items():
-            raw[section] = {**(raw.get(section) or {}), **values}
+            current = raw.get(section)
+            # A section that is not a mapping is the file's own error: left for build_params
+            # to reject, naming it, rather than merged into.
+            if values and (current is None or isinstance(current, Mapping)):
+                raw[section] = {**(current or {}), **values}
         return build_params(raw, TrainerParams)
 
     return load_params(params, with_overrides)

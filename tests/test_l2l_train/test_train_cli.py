@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from fault_injection import cli_env, train_cli
 from PIL import Image
 from trainer_workspace import params_dict, variant, write_params
@@ -134,6 +135,17 @@ def test_eval_writes_metrics_per_split_and_prior_mode(trained):
     assert "l2l-priors generate --split test" in text
     text = invoke("eval", "--params", trained, "--prior", "maybe", code=2)
     assert "expected none or teacher" in text
+
+
+def test_eval_names_a_params_section_that_is_not_a_mapping(trained, tmp_path):
+    # With or without a command-line override of that section: one line naming it, exit 2
+    # (the override is not merged into the broken section).
+    broken = {**params_dict(trained), "eval": 5}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(broken))
+    for options in ((), ("--threshold", "0.7")):
+        out = invoke("eval", "--params", params, *options, code=2)
+        assert "invalid params: eval: expected a mapping of EvalConfig keys, got 5" in out
 
 
 @pytest.mark.slow
