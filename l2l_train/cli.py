@@ -37,6 +37,8 @@ app = typer.Typer(
     help="L2L trainer: semi-supervised referring segmentation with teacher priors (SPM, SESM, RPLE).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Markdown: a docstring's single line breaks reflow to the terminal's width (rich keeps them).
+    rich_markup_mode="markdown",
 )
 
 

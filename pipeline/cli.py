@@ -33,6 +33,8 @@ app = typer.Typer(
     help="L2L offline pipeline: prepare datasets, split labelled/unlabelled, generate teacher priors.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Markdown: a docstring's single line breaks reflow to the terminal's width (rich keeps them).
+    rich_markup_mode="markdown",
 )
 log = logging.getLogger("l2l")
 
@@ -100,9 +102,10 @@ def _print_table(title: str, header: list[str], rows: list[list]) -> None:
 def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     """Build the sample manifest (data/manifests/samples.parquet) for ``data.dataset``.
 
-    synthetic: generates the embedded dataset (images + exact masks + expressions).
-    refcoco / refcoco+ / refcocog: reads the refer-format pickle, instances.json and COCO images;
-    unreadable images, empty expressions and empty masks are skipped, each logged with its reason.
+    - synthetic: generates the embedded dataset (images + exact masks + expressions).
+    - refcoco / refcoco+ / refcocog: reads the refer-format pickle, instances.json and COCO
+      images; unreadable images, empty expressions and empty masks are skipped, each logged
+      with its reason.
     """
     from pipeline.datasets.manifest import split_counts, write_manifest, write_prepare_report
     from pipeline.prepare import prepare_dataset
@@ -279,7 +282,8 @@ def report(
     0.5 and compared with the ground-truth mask: mean IoU, oIoU, precision@t, an IoU
     histogram, status counts and bytes per pair on disk. Pairs whose status is not ok count
     IoU 0; pairs with no stored prior are counted as missing and left out. Writes
-    <paths.metrics>/priors/<split>.json, <split>_iou_hist.csv and <split>_iou_hist.png.
+    ``<paths.metrics>/priors/<split>.json``, ``<split>_iou_hist.csv`` and
+    ``<split>_iou_hist.png``.
     """
     from pipeline.report import prior_quality, write_report
 

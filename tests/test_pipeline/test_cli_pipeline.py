@@ -95,3 +95,18 @@ def test_bad_params_and_unknown_sample_exit_nonzero(synthetic_params, tmp_path):
     # brackets in a message are printed as they are, not read as rich markup
     result = runner.invoke(app, ["show", "nope/[bold]/2", "--params", str(synthetic_params)])
     assert result.exit_code == 1 and "nope/[bold]/2" in result.output
+
+
+def test_help_reflows_docstrings_and_keeps_angle_brackets():
+    """Both CLIs render help as Markdown: a docstring's line breaks reflow (a command's summary
+    is one line when the terminal is wide enough) and ``<split>`` placeholders survive."""
+    from l2l_train.cli import app as train_app
+
+    wide = {"COLUMNS": "240", "TERMINAL_WIDTH": "240"}
+    top = runner.invoke(app, ["--help"], env=wide)
+    assert top.exit_code == 0, top.output
+    assert "at split.labeled_ratio, and held-out ones at split.holdout_ratio" in top.output
+    report = runner.invoke(app, ["report", "--help"], env=wide)
+    assert "<paths.metrics>/priors/<split>.json, <split>_iou_hist.csv" in report.output
+    run = runner.invoke(train_app, ["run", "--help"], env=wide)
+    assert "and per-epoch metrics to paths.metrics/train (dvclive)" in run.output
