@@ -29,16 +29,19 @@ from rich.progress import (
 from rich.table import Table
 
 from l2l_train.config import TrainerParams
-from pipeline.cli_support import ParamsOption, console, fail, load_params, setup_logging
+from pipeline.cli_support import (
+    ParamsOption,
+    command_app,
+    console,
+    fail,
+    load_params,
+    setup_logging,
+)
 from pipeline.config import build_params
 from pipeline.schema import read_params_file
 
-app = typer.Typer(
-    help="L2L trainer: semi-supervised referring segmentation with teacher priors (SPM, SESM, RPLE).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    # Markdown: a docstring's single line breaks reflow to the terminal's width (rich keeps them).
-    rich_markup_mode="markdown",
+app = command_app(
+    "L2L trainer: semi-supervised referring segmentation with teacher priors (SPM, SESM, RPLE)."
 )
 
 

@@ -26,15 +26,18 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.cli_support import ParamsOption, console, fail, load_params, setup_logging
+from pipeline.cli_support import (
+    ParamsOption,
+    command_app,
+    console,
+    fail,
+    load_params,
+    setup_logging,
+)
 from pipeline.config import PipelineConfig, load_pipeline_config
 
-app = typer.Typer(
-    help="L2L offline pipeline: prepare datasets, split labelled/unlabelled, generate teacher priors.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    # Markdown: a docstring's single line breaks reflow to the terminal's width (rich keeps them).
-    rich_markup_mode="markdown",
+app = command_app(
+    "L2L offline pipeline: prepare datasets, split labelled/unlabelled, generate teacher priors."
 )
 log = logging.getLogger("l2l")
 

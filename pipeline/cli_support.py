@@ -23,6 +23,18 @@ ParamsOption = Annotated[
 Params = TypeVar("Params")
 
 
+def command_app(help: str) -> typer.Typer:
+    """A tool's Typer app: help when run bare, errors without tracebacks of locals, and help
+    text read as Markdown, so a docstring's single line breaks reflow to the terminal's width
+    (rich markup mode keeps them) and ``name`` renders as code."""
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="markdown",
+    )
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Log messages through rich on the stderr console."""
     logging.basicConfig(
