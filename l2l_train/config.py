@@ -354,6 +354,8 @@ class TrainConfig:
     encoder_lr_scale: float = bounded(1.0, 0.0)
     weight_decay: float = bounded(0.01, 0.0)
     poly_power: float = bounded(0.9, 0.0)
+    # The poly factor times a linear warm-up from lr / lr_warmup_steps (0: none).
+    lr_warmup_steps: int = bounded(0, 0)
     grad_clip: float = bounded(1.0, 0.0)  # max global gradient norm; 0 = no clipping
     # Per process (under torchrun each rank takes its own batches of these sizes).
     batch_size_x: int = bounded(4, 1)  # labelled pairs per step

@@ -47,13 +47,24 @@ def poly_factor(step: int, total_steps: int, power: float) -> float:
     return max(0.0, 1.0 - step / total_steps) ** power
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier of a linear warm-up: ``(step + 1) / warmup_steps`` for the
+    first ``warmup_steps`` steps (the first step already moves), 1 from then on."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
 def build_optimization(
     model: Segmentor, cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW and its per-step poly decay over ``total_steps``."""
+    """AdamW, its linear warm-up over ``cfg.lr_warmup_steps`` and per-step poly decay over
+    ``total_steps``."""
     optimizer = torch.optim.AdamW(segmentor_param_groups(model, cfg), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: poly_factor(step, total_steps, cfg.poly_power)
+        optimizer,
+        lambda step: (
+            warmup_factor(step, cfg.lr_warmup_steps)
+            * poly_factor(step, total_steps, cfg.poly_power)
+        ),
     )
     return optimizer, schedule
 

@@ -30,7 +30,13 @@ from l2l_train.losses import IGNORE_INDEX
 from l2l_train.metrics import MeanAccumulator
 from l2l_train.runtime import Runtime
 from l2l_train.targets import conflict_pixels, plan_method
-from l2l_train.trainer import param_groups, poly_factor, segmentor_param_groups
+from l2l_train.trainer import (
+    build_optimization,
+    param_groups,
+    poly_factor,
+    segmentor_param_groups,
+    warmup_factor,
+)
 from pipeline.config import load_pipeline_config
 from pipeline.datasets.manifest import read_pairs
 from pipeline.generate import generate
@@ -43,6 +49,28 @@ def test_poly_factor_hand_values():
     assert poly_factor(50, 100, 0.9) == pytest.approx(0.5**0.9)
     assert poly_factor(100, 100, 0.9) == 0.0
     assert poly_factor(120, 100, 0.9) == 0.0
+
+
+def test_warmup_factor_hand_values():
+    assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+
+
+def test_the_schedule_is_the_warmup_times_the_poly_decay():
+    model = torch.nn.Module()
+    model.visual = torch.nn.Linear(2, 2)
+    model.head = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(lr=1.0, encoder_lr_scale=0.5, lr_warmup_steps=2, poly_power=1.0)
+    optimizer, schedule = build_optimization(model, cfg, total_steps=10)
+    rates = []
+    for _ in range(4):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    # step 0: 1/2 * 1; step 1: 1 * 0.9; step 2: 0.8; step 3: 0.7 (encoder at half)
+    expected = [0.5, 0.9, 0.8, 0.7]
+    for got, factor in zip(rates, expected, strict=True):
+        assert got == pytest.approx([0.5 * factor] * 2 + [factor] * 2)
 
 
 def test_param_groups_skip_decay_on_vectors():
