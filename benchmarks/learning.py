@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     from l2l_train.pairs import normalize_images, open_teacher_store
     from l2l_train.step import prior_keep
     from l2l_train.text_cache import FrozenTextCache
+    from l2l_train.trainer import poly_factor, warmup_factor
 
     data_params = args.data or args.work / "data" / "params.yaml"
     if not data_params.is_file():
@@ -409,7 +410,11 @@ def main(argv: list[str] | None = None) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=params.train.weight_decay)
     poly = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (1 - s / args.steps) ** params.train.poly_power
+        optimizer,
+        lambda s: (
+            warmup_factor(s, params.train.lr_warmup_steps)
+            * poly_factor(s, args.steps, params.train.poly_power)
+        ),
     )
     generator = torch.Generator().manual_seed(params.train.seed)
     with_prior = args.prior == "teacher"
