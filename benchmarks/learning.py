@@ -29,6 +29,8 @@ run`` trained (without and with the teacher prior), beside the teacher prior's o
 oIoU: which kinds of expression the student has not learnt from its teacher. Also, per kind,
 where each one's predictions land (``landing``): on the referent, on another of the scene's
 shapes (a wrong choice: e.g. a rank counted wrong) or on the background (no shape found).
+``--bypass counting`` (or ``context``, repeatable) scores the checkpoint with those trained
+blocks knocked out (their tokens pass unchanged): what each kind of expression owes them.
 
 Writes ``benchmarks/results/learning[_<tag>].json``. Data: ``--data`` (a pipeline data folder
 with manifests/ and priors/), default a workspace built once under ``--work``. ``--work`` is
@@ -250,20 +252,43 @@ def prior_scores(data: dict[str, Any], objects: dict[int, list[torch.Tensor]]) -
     }
 
 
-def checkpoint_scores(path: Path, params: Any, store: Any) -> dict[str, Any]:
+class Bypass(torch.nn.Module):
+    """A block knocked out of a trained segmentor: tokens (B, N, C) on a grid pass unchanged."""
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return tokens
+
+
+BYPASSABLE = ("context", "counting")
+
+
+def bypass_blocks(model: torch.nn.Module, names: list[str]) -> None:
+    """Replace every stage's block of each of ``names`` (:data:`BYPASSABLE`: the segmentor's
+    ``context`` and ``counting`` module dicts) by :class:`Bypass`, in place."""
+    for name in names:
+        blocks = getattr(model, name)
+        setattr(model, name, torch.nn.ModuleDict({stage: Bypass() for stage in blocks}))
+
+
+def checkpoint_scores(
+    path: Path, params: Any, store: Any, bypass: list[str] | None = None
+) -> dict[str, Any]:
     """:func:`scores` of a trained checkpoint on the val split, without and with the teacher
-    prior, and :func:`prior_scores` of the prior."""
+    prior, and :func:`prior_scores` of the prior; with ``bypass``, those blocks knocked out
+    (:func:`bypass_blocks`)."""
     from l2l_train.checkpoint import load_checkpoint
     from l2l_train.evaluate import model_from_checkpoint
     from l2l_train.model import build_tokenizer
     from l2l_train.text_cache import FrozenTextCache
 
     model, model_cfg, size = model_from_checkpoint(load_checkpoint(path))
+    bypass_blocks(model, bypass or [])
     val = load_split(params, params.eval.val_split, size, store)
     cache = FrozenTextCache(model.text, build_tokenizer(model_cfg.text), torch.device("cpu"))
     objects = scene_objects(params, set(val["image_id"]))
     return {
         "checkpoint": str(path),
+        "bypassed": bypass or [],
         "val_pairs": len(val["expression"]),
         "none": scores(model, cache, val, prior=False, objects=objects),
         "teacher": scores(model, cache, val, prior=True, objects=objects),
@@ -339,9 +364,18 @@ def main(argv: list[str] | None = None) -> None:
         help="score this trained checkpoint instead of training (with --data, its data folder)",
     )
     parser.add_argument(
+        "--bypass",
+        action="append",
+        choices=BYPASSABLE,
+        default=[],
+        help="with --checkpoint: knock out these trained blocks (tokens pass unchanged)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="result file (default: results/learning[_tag].json)"
     )
     args = parser.parse_args(argv)
+    if args.bypass and not args.checkpoint:
+        parser.error("--bypass knocks blocks out of a trained model: it needs --checkpoint")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -384,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     store = open_teacher_store(params)
     out = args.out or RESULTS / f"learning{'_' + args.tag if args.tag else ''}.json"
     if args.checkpoint:
-        result = checkpoint_scores(args.checkpoint, params, store)
+        result = checkpoint_scores(args.checkpoint, params, store, args.bypass)
         print(json.dumps(result, indent=1))
         write_result(
             out,

@@ -155,9 +155,49 @@ def test_a_trained_checkpoint_is_scored_beside_its_teacher(learning, trainer_wor
     )
     result = json.loads(out.read_text())
     assert result["checkpoint"] == str(checkpoint) and result["val_pairs"] > 0
+    assert result["bypassed"] == []
     for mode in ("none", "teacher"):
         assert 0 <= result[mode]["oIoU"] <= 1 and result[mode]["text_swap"]["pairs"] > 0
     assert 0 < result["prior"]["oIoU"] <= 1
     assert sum(result["prior"]["pairs_per_kind"].values()) == result["val_pairs"]
     for shares in (result["none"]["landing"], result["prior"]["landing"]):
         assert sum(shares["all"].values()) == pytest.approx(1.0)
+
+    knocked_out = tmp_path / "bypassed.json"
+    learning.main(
+        [
+            *("--data", str(trainer_workspace), "--work", str(tmp_path / "work")),
+            *("--checkpoint", str(checkpoint), "--out", str(knocked_out)),
+            *("--bypass", "counting", "--bypass", "context"),
+        ]
+    )
+    bypassed = json.loads(knocked_out.read_text())
+    assert bypassed["bypassed"] == ["counting", "context"] and 0 <= bypassed["none"]["oIoU"] <= 1
+
+
+def test_bypassed_blocks_pass_tokens_unchanged(learning):
+    import torch
+    from torch import nn
+
+    from l2l_train.model.context import GlobalContext
+    from l2l_train.model.counting import AxisCount
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.context = nn.ModuleDict({"1": GlobalContext(8, 2)})
+    model.counting = nn.ModuleDict({"1": AxisCount(8, 4)})
+    tokens, grid = torch.randn(2, 16, 8), (4, 4)
+    for block in (model.context["1"], model.counting["1"]):
+        for weight in block.parameters():  # as trained: the zero-initialised outputs moved
+            nn.init.normal_(weight)
+        assert not torch.allclose(block(tokens, grid), tokens)
+    learning.bypass_blocks(model, ["counting"])
+    assert torch.equal(model.counting["1"](tokens, grid), tokens)
+    assert not torch.allclose(model.context["1"](tokens, grid), tokens)  # not asked for
+    learning.bypass_blocks(model, ["context"])
+    assert torch.equal(model.context["1"](tokens, grid), tokens)
+
+
+def test_bypass_needs_a_checkpoint(learning):
+    with pytest.raises(SystemExit):
+        learning.main(["--bypass", "counting"])
