@@ -73,7 +73,9 @@ after 150 critic updates (``train.agent.actor_delay``), so not along an untraine
 SPM fuses from the first step, as in the paper; the default takes the teacher's prior alone
 for 150 steps, while the student is still far below its teacher), and ``warmup_300``, full L2L
 with twice that warm-up (``train.spm_warmup_steps: 300``, the lead `make run`'s seeds gave on
-val in session 46, to be decided on held-out pairs). The group
+val in session 46, to be decided on held-out pairs). ``no_count_block``: full L2L without the
+axis-count block (``model.count_stages: []``), which trained checkpoints hardly use
+(``learning.py --bypass counting``). The group
 ``unlabelled_branch`` changes one piece of how full L2L learns from its pseudo-labels (best
 read with ``--oracle-teacher``, below): ``unsup_weighted`` weights the pseudo-labels' CE as the
 labelled CE (``train.loss.unsup_fg_weight`` 4.0), ``lambda_u2`` doubles the unlabelled loss
@@ -324,6 +326,15 @@ ROWS = (
     # The paper's L2L as DESIGN.md reads it: SPM from the first step, no teacher-only warm-up
     full_l2l("no_warmup", "full, no SPM warm-up", {"spm_warmup_steps": 0}),
     full_l2l("warmup_300", "full, SPM warm-up 300 steps", {"spm_warmup_steps": 300}),
+    # Not in the paper: full L2L without the axis-count block (model.count_stages: []), which
+    # trained checkpoints hardly lean on (knocked out at evaluation: -0.3 val oIoU, session 47)
+    Row(
+        "no_count_block",
+        "full, no axis-count block",
+        {"method": "l2l", "spm": True, "rple": True},
+        sesm=True,
+        model={"count_stages": []},
+    ),
     # Not in the paper's tables: the supervised rows trained on as many pairs per step as the
     # semi-supervised rows (labelled and unlabelled), instead of the labelled batch alone
     Row(
@@ -909,6 +920,7 @@ PAIRED = (
     ("full", "no_warmup"),
     ("no_warmup", "fusion_a00"),
     ("warmup_300", "full"),
+    ("no_count_block", "full"),
     ("supervised_same_pairs", "supervised"),
     ("fully_supervised_same_pairs", "fully_supervised"),
     ("fully_supervised_same_pairs", "full"),

@@ -28,7 +28,7 @@ ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
 ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
 ROW_NAMES += ["spm_a40_q40_u60", "spm_q40", "no_dice", "fusion_a00", "actor_delay"]
 ROW_NAMES += ["no_warmup", "unsup_weighted", "lambda_u2", "no_strong_views", "no_band"]
-ROW_NAMES += ["shown_q_hat", "one_strong_op", "warmup_300"]
+ROW_NAMES += ["shown_q_hat", "one_strong_op", "warmup_300", "no_count_block"]
 
 
 def row_params(ablation, tmp_path, name):
@@ -104,6 +104,10 @@ def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
     longer = row_params(ablation, tmp_path / "k", "warmup_300")[0].train
     assert longer.spm_warmup_steps == 300 and longer.spm and longer.rple
     assert (longer.method, longer.fusion) == ("l2l", base.train.fusion)
+    uncounted = row_params(ablation, tmp_path / "l", "no_count_block")[0]
+    assert uncounted.model.count_stages == () and base.model.count_stages
+    assert uncounted.model.context_stages == base.model.context_stages
+    assert uncounted.train == row_params(ablation, tmp_path / "m", "full")[0].train
 
 
 def test_same_pairs_rows_train_every_pair_of_a_step_on_labels(ablation, tmp_path):
