@@ -28,7 +28,7 @@ ROW_NAMES += ["agreement_filter", "fusion_a03", "gating_fixed", "xattn_none"]
 ROW_NAMES += ["no_cons", "sesm_rple", "spm_no_conflicts", "fixed_no_conflicts"]
 ROW_NAMES += ["spm_a40_q40_u60", "spm_q40", "no_dice", "fusion_a00", "actor_delay"]
 ROW_NAMES += ["no_warmup", "unsup_weighted", "lambda_u2", "no_strong_views", "no_band"]
-ROW_NAMES += ["shown_q_hat", "one_strong_op", "warmup_300", "no_count_block"]
+ROW_NAMES += ["shown_q_hat", "one_strong_op", "warmup_300", "no_count_block", "count_stage_1"]
 
 
 def row_params(ablation, tmp_path, name):
@@ -108,6 +108,8 @@ def test_rows_of_the_other_tables_change_one_nested_key(ablation, tmp_path):
     assert uncounted.model.count_stages == () and base.model.count_stages
     assert uncounted.model.context_stages == base.model.context_stages
     assert uncounted.train == row_params(ablation, tmp_path / "m", "full")[0].train
+    finer = row_params(ablation, tmp_path / "n", "count_stage_1")[0].model
+    assert finer.count_stages == (1,) and finer.sesm == base.model.sesm
 
 
 def test_same_pairs_rows_train_every_pair_of_a_step_on_labels(ablation, tmp_path):
