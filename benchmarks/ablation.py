@@ -333,6 +333,8 @@ ROWS = (
     full_l2l("actor_delay", "full, actor after 150 updates", {"agent": {"actor_delay": 150}}),
     # The paper's L2L as DESIGN.md reads it: SPM from the first step, no teacher-only warm-up
     full_l2l("no_warmup", "full, no SPM warm-up", {"spm_warmup_steps": 0}),
+    # Not in the paper: twice the default's warm-up (session 46's lead from make run's seeds on
+    # val; level with the default on held-out pairs, session 47)
     full_l2l("warmup_300", "full, SPM warm-up 300 steps", {"spm_warmup_steps": 300}),
     # Not in the paper: full L2L without the axis-count block (model.count_stages: []), which
     # trained checkpoints hardly lean on (knocked out at evaluation: -0.3 val oIoU, session 47),
