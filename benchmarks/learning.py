@@ -44,6 +44,7 @@ import argparse
 import itertools
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +263,7 @@ class Bypass(torch.nn.Module):
 BYPASSABLE = ("context", "counting")
 
 
-def bypass_blocks(model: torch.nn.Module, names: list[str]) -> None:
+def bypass_blocks(model: torch.nn.Module, names: Sequence[str]) -> None:
     """Replace every stage's block of each of ``names`` (:data:`BYPASSABLE`: the segmentor's
     ``context`` and ``counting`` module dicts) by :class:`Bypass`, in place."""
     for name in names:
@@ -271,7 +272,7 @@ def bypass_blocks(model: torch.nn.Module, names: list[str]) -> None:
 
 
 def checkpoint_scores(
-    path: Path, params: Any, store: Any, bypass: list[str] | None = None
+    path: Path, params: Any, store: Any, bypass: Sequence[str] = ()
 ) -> dict[str, Any]:
     """:func:`scores` of a trained checkpoint on the val split, without and with the teacher
     prior, and :func:`prior_scores` of the prior; with ``bypass``, those blocks knocked out
@@ -282,13 +283,13 @@ def checkpoint_scores(
     from l2l_train.text_cache import FrozenTextCache
 
     model, model_cfg, size = model_from_checkpoint(load_checkpoint(path))
-    bypass_blocks(model, bypass or [])
+    bypass_blocks(model, bypass)
     val = load_split(params, params.eval.val_split, size, store)
     cache = FrozenTextCache(model.text, build_tokenizer(model_cfg.text), torch.device("cpu"))
     objects = scene_objects(params, set(val["image_id"]))
     return {
         "checkpoint": str(path),
-        "bypassed": bypass or [],
+        "bypassed": list(bypass),
         "val_pairs": len(val["expression"]),
         "none": scores(model, cache, val, prior=False, objects=objects),
         "teacher": scores(model, cache, val, prior=True, objects=objects),
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     from l2l_train.pairs import normalize_images, open_teacher_store
     from l2l_train.step import prior_keep
     from l2l_train.text_cache import FrozenTextCache
-    from l2l_train.trainer import poly_factor, warmup_factor
+    from l2l_train.trainer import lr_factor
 
     data_params = args.data or args.work / "data" / "params.yaml"
     if not data_params.is_file():
@@ -444,11 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=params.train.weight_decay)
     poly = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            warmup_factor(s, params.train.lr_warmup_steps)
-            * poly_factor(s, args.steps, params.train.poly_power)
-        ),
+        optimizer, lambda s: lr_factor(s, args.steps, params.train)
     )
     generator = torch.Generator().manual_seed(params.train.seed)
     with_prior = args.prior == "teacher"

@@ -53,6 +53,12 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
+def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """The schedule's learning-rate multiplier at ``step``: the linear warm-up over
+    ``cfg.lr_warmup_steps`` times the poly decay over ``total_steps``."""
+    return warmup_factor(step, cfg.lr_warmup_steps) * poly_factor(step, total_steps, cfg.poly_power)
+
+
 def build_optimization(
     model: Segmentor, cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
@@ -60,11 +66,7 @@ def build_optimization(
     ``total_steps``."""
     optimizer = torch.optim.AdamW(segmentor_param_groups(model, cfg), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (
-            warmup_factor(step, cfg.lr_warmup_steps)
-            * poly_factor(step, total_steps, cfg.poly_power)
-        ),
+        optimizer, lambda step: lr_factor(step, total_steps, cfg)
     )
     return optimizer, schedule
 

@@ -32,6 +32,7 @@ from l2l_train.runtime import Runtime
 from l2l_train.targets import conflict_pixels, plan_method
 from l2l_train.trainer import (
     build_optimization,
+    lr_factor,
     param_groups,
     poly_factor,
     segmentor_param_groups,
@@ -54,6 +55,12 @@ def test_poly_factor_hand_values():
 def test_warmup_factor_hand_values():
     assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0
+
+
+def test_lr_factor_hand_values():
+    cfg = TrainConfig(lr_warmup_steps=2, poly_power=1.0)
+    assert [lr_factor(step, 10, cfg) for step in range(4)] == pytest.approx([0.5, 0.9, 0.8, 0.7])
+    assert lr_factor(5, 10, TrainConfig(poly_power=0.9)) == poly_factor(5, 10, 0.9)
 
 
 def test_the_schedule_is_the_warmup_times_the_poly_decay():
